@@ -1,0 +1,27 @@
+"""Token-level examples: what the data layer hands to batching (ids only; no strings past this point)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PairExample:
+    """One preference pair, split into prompt and completions in token space."""
+
+    row: int  # 1-based row number in the source file (for error messages and health reports)
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    extras: dict[str, float] = field(default_factory=dict)  # declared numeric row fields (e.g. pref_prob)
+
+
+@dataclass
+class PointExample:
+    """One unpaired (point-wise) example: a completion with a desirable/undesirable label."""
+
+    row: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+    extras: dict[str, float] = field(default_factory=dict)

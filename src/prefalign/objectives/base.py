@@ -1,0 +1,96 @@
+"""The objective contract: an objective is a pure function of log-probs.
+
+An objective receives per-sequence (and, when it asks, per-token) log-probs of the policy and, when it needs one,
+of the reference, for the rows of a batch, plus the row fields it declares. It returns per-example losses and
+named metrics. It never sees a model, tokenizer or optimizer.
+
+Conventions (stated once, used everywhere):
+- ``policy_*`` / ``ref_*`` are **summed** log-probs over completion tokens, shape [B].
+- ``*_tokens`` are completion token counts, shape [B] (so length-averaged log-probs are ``logp / tokens``).
+- ``*_token_logps`` (optional) are per-token log-probs, [B, T], zero where ``*_mask`` is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class PairLogps:
+    """Log-probs for a batch of B preference pairs (chosen = y_w, rejected = y_l)."""
+
+    policy_chosen: torch.Tensor  # [B] summed log π_θ(y_w|x)
+    policy_rejected: torch.Tensor  # [B]
+    ref_chosen: torch.Tensor | None = None  # [B] summed log π_ref(y_w|x); None for reference-free objectives
+    ref_rejected: torch.Tensor | None = None  # [B]
+    chosen_tokens: torch.Tensor | None = None  # [B] completion token counts
+    rejected_tokens: torch.Tensor | None = None  # [B]
+    # Optional per-token views, for objectives that declare ``needs_token_logps``.
+    policy_chosen_token_logps: torch.Tensor | None = None  # [B, Tc]
+    policy_rejected_token_logps: torch.Tensor | None = None  # [B, Tr]
+    ref_chosen_token_logps: torch.Tensor | None = None  # [B, Tc]
+    ref_rejected_token_logps: torch.Tensor | None = None  # [B, Tr]
+    chosen_mask: torch.Tensor | None = None  # [B, Tc] 1 on completion tokens
+    rejected_mask: torch.Tensor | None = None  # [B, Tr]
+    # Extra row fields an objective declares (e.g. "pref_prob", "chosen_score"), each a [B] tensor.
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.chosen_tokens is None:
+            self.chosen_tokens = torch.ones_like(self.policy_chosen)
+        if self.rejected_tokens is None:
+            self.rejected_tokens = torch.ones_like(self.policy_rejected)
+
+    @property
+    def batch_size(self) -> int:
+        return self.policy_chosen.shape[0]
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # scalar: the mean of ``per_example`` unless the objective says otherwise
+    per_example: torch.Tensor  # [B]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class. Subclasses set the class attributes and implement ``compute``.
+
+    Hyperparameters are dataclass fields of the subclass (decorate it with ``@dataclass``); ``get`` passes
+    keyword arguments to them, so an unknown hyperparameter is an error.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for ``prefalign objectives``
+    needs_reference: ClassVar[bool] = True
+    needs_token_logps: ClassVar[bool] = False
+    row_kind: ClassVar[str] = "paired"  # "paired" | "unpaired" | "ranked"
+    extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
+
+    def __call__(self, logps: PairLogps) -> ObjectiveOutput:
+        if self.needs_reference and (logps.ref_chosen is None or logps.ref_rejected is None):
+            raise ValueError(f"objective '{self.name}' needs reference log-probs (ref_chosen, ref_rejected)")
+        return self.compute(logps)
+
+    def compute(self, logps: PairLogps) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Check hyperparameter ranges; raise ValueError with a message naming the field."""
+
+    def hparams(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} if hasattr(self, "__dataclass_fields__") else {}
+
+
+def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
+    """The implicit-reward metrics TRL logs: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies."""
+    c, r = chosen_rewards.detach().float(), rejected_rewards.detach().float()
+    return {
+        "rewards/chosen": c.mean().item(),
+        "rewards/rejected": r.mean().item(),
+        "rewards/margins": (c - r).mean().item(),
+        "rewards/accuracies": (c > r).float().mean().item(),
+    }

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny tokenizer/model built on the spot (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from prefalign.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A model folder (tiny Llama + ChatML tokenizer) shared by the session; do not modify it."""
+    from prefalign.testing import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_model"))
