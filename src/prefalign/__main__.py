@@ -1,0 +1,5 @@
+import sys
+
+from prefalign.cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Where reference log-probs come from (config ``reference``):
+
+- ``copy``: a frozen copy of the initial policy, run alongside it;
+- ``adapter``: the policy's base model with its LoRA adapter disabled (no second model in memory);
+- ``precompute``: log-probs of the initial policy computed once before training and cached on disk under a key
+  derived from model weights + tokenizer + data + truncation settings; on a cache hit no reference is run at all;
+- ``none``: reference-free objectives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from prefalign.logps import sequence_logps
+
+KINDS = ("copy", "precompute", "none", "adapter")
+
+
+class Reference:
+    """Gives reference summed log-probs [N] for a batch; ``None`` for kind ``none``."""
+
+    def __init__(self, kind: str, policy=None, chunk_size: int = 1024):
+        if kind not in KINDS:
+            raise ValueError(f"reference must be one of {KINDS}, got '{kind}'")
+        self.kind, self.policy, self.chunk_size = kind, policy, chunk_size
+        self.model = None
+        self.cache: torch.Tensor | None = None  # [num_examples, 2] (chosen, rejected) for ``precompute``
+        if kind == "copy":
+            self.model = copy.deepcopy(policy).eval()
+            self.model.requires_grad_(False)
+        if kind == "adapter" and not hasattr(policy, "disable_adapter"):
+            raise ValueError("reference 'adapter' needs a LoRA (PEFT) policy: set lora: true")
+
+    @torch.no_grad()
+    def logps(self, batch, policy=None, token_level: bool = False):
+        """Reference log-probs of the batch's sequences (chosen rows then rejected rows).
+
+        Returns (summed [N], per-token [N, L-1] or None); (None, None) for kind ``none``.
+        """
+        if self.kind == "none":
+            return None, None
+        if self.kind == "precompute":
+            if batch.ref_logps is None:
+                raise RuntimeError("precomputed reference log-probs missing from the batch")
+            return batch.ref_logps, None
+        if self.kind == "copy":
+            model, ctx = self.model, contextlib.nullcontext()
+        else:  # adapter: the same weights with the LoRA delta switched off
+            model = policy if policy is not None else self.policy
+            inner = getattr(model, "module", model)
+            ctx = inner.disable_adapter()
+        with ctx:
+            out = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+                                 self.chunk_size)
+        return out.seq_logps, (out.token_logps if token_level else None)
+
+
+def fingerprint(model, tokenizer, examples, settings: dict) -> str:
+    """Cache key: hashes of every parameter tensor, the tokenizer vocabulary, every token id, the settings."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update((tokenizer.chat_template or "").encode() if isinstance(tokenizer.chat_template, (str, type(None)))
+             else json.dumps(tokenizer.chat_template).encode())
+    for e in examples:
+        h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir) / f"ref-logps-{key}.safetensors"
+
+
+def load_cache(path: Path) -> torch.Tensor | None:
+    if not path.exists():
+        return None
+    return load_file(str(path))["ref_logps"]  # [num_examples, 2]
+
+
+def save_cache(path: Path, values: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"ref_logps": values.contiguous()}, str(tmp))
+    os.replace(tmp, path)  # atomic: a half-written cache is never read

@@ -1,0 +1,20 @@
+"""Fault injection for tests: ``PREFALIGN_FAULT=<point>:<step>[:<signal>]`` kills the process there.
+
+Points: ``accumulated`` (gradients accumulated, before the optimizer step), ``after_step``,
+``before_checkpoint``, ``mid_checkpoint`` (files partly written), ``after_checkpoint``. Unset in normal use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def maybe_fault(point: str, step: int) -> None:
+    spec = os.environ.get("PREFALIGN_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] == point and int(parts[1]) == step:
+        sig = getattr(signal, parts[2]) if len(parts) > 2 else signal.SIGKILL
+        os.kill(os.getpid(), sig)

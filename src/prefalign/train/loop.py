@@ -1,0 +1,295 @@
+"""One training loop for every offline pairwise objective, under accelerate.
+
+The loop never names an objective: it asks the objective what it needs (a reference? per-token log-probs?)
+and provides exactly that. Data order is a deterministic stream: the concatenation of seeded permutations of the
+examples, one per epoch; optimizer step s consumes stream positions [s·G, (s+1)·G) where G is the global batch
+(batch_size × gradient_accumulation_steps × processes). So resuming at step s needs only s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from prefalign.data import collate_pairs, encode_rows, load_rows
+from prefalign.errors import UserError
+from prefalign.logps import sequence_logps
+from prefalign.model import add_lora, disable_dropout, load_model, load_tokenizer
+from prefalign.objectives import PairLogps
+from prefalign.reference import Reference
+from prefalign.train import checkpoint as ckpt
+from prefalign.train import precompute
+from prefalign.train.config import TrainConfig, save, to_dict
+from prefalign.train.faults import maybe_fault
+from prefalign.train.health import HealthMonitor
+from prefalign.train.logger import MetricsLogger
+from prefalign.train.setup import (FINISHED_MARKER, build_objective, check_output_dir, fresh_output_dir,
+                                   reference_kind)
+
+
+def stream_indices(step: int, global_batch: int, n: int, seed: int) -> list[int]:
+    """Example indices for optimizer step ``step`` (see module docstring)."""
+    out, pos = [], step * global_batch
+    while len(out) < global_batch:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        take = perm[offset : offset + global_batch - len(out)]
+        out += take
+        pos += len(take)
+    return out
+
+
+def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
+    b = batch.num_pairs
+    pair = PairLogps(
+        policy_chosen=pol.seq_logps[:b], policy_rejected=pol.seq_logps[b:],
+        ref_chosen=None if ref_seq is None else ref_seq[:b], ref_rejected=None if ref_seq is None else ref_seq[b:],
+        chosen_tokens=pol.n_tokens[:b].float(), rejected_tokens=pol.n_tokens[b:].float(),
+        policy_chosen_token_logps=pol.token_logps[:b], policy_rejected_token_logps=pol.token_logps[b:],
+        ref_chosen_token_logps=None if ref_tok is None else ref_tok[:b],
+        ref_rejected_token_logps=None if ref_tok is None else ref_tok[b:],
+        chosen_mask=pol.mask[:b], rejected_mask=pol.mask[b:], extras=batch.extras,
+    )
+    if pol.token_logsq is not None and hasattr(pair, "policy_chosen_token_logsq"):
+        pair.policy_chosen_token_logsq, pair.policy_rejected_token_logsq = pol.token_logsq[:b], pol.token_logsq[b:]
+    return pair
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, log=print):
+        self.cfg, self.log = cfg, log
+        self.acc = accelerator or Accelerator()
+        self.objective = build_objective(cfg)
+        if self.objective.row_kind != "paired":
+            raise UserError("config", f"objective '{self.objective.name}' uses {self.objective.row_kind} rows, "
+                            "which `prefalign train` does not support yet", "use a paired objective")
+        self.ref_kind = reference_kind(cfg, self.objective)
+        self.out = check_output_dir(cfg)
+        # Data first: every bad row is reported before any model is loaded.
+        rows = load_rows(cfg.data, kind="paired", extra_fields=self.objective.extra_fields,
+                         skip_invalid=cfg.skip_invalid)
+        eval_rows = (load_rows(cfg.eval_data, kind="paired", extra_fields=self.objective.extra_fields,
+                               skip_invalid=cfg.skip_invalid) if cfg.eval_data else None)
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+        examples, self.report = encode_rows(rows, self.tokenizer, cfg.max_length, cfg.truncation)
+        self.eval_examples = (encode_rows(eval_rows, self.tokenizer, cfg.max_length, cfg.truncation)[0]
+                              if eval_rows else [])
+        if cfg.eval_fraction > 0 and not eval_rows:
+            perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            n_eval = max(1, int(round(cfg.eval_fraction * len(examples))))
+            self.eval_examples = [examples[i] for i in sorted(perm[:n_eval])]
+            examples = [examples[i] for i in sorted(perm[n_eval:])]
+        if not examples:
+            raise UserError(cfg.data, "no usable rows after preprocessing", "see the preprocessing report")
+        self.examples = examples
+        if self.acc.is_main_process:
+            self.log(self.report.render())
+        self._build_model()
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = load_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
+        if cfg.disable_dropout:
+            disable_dropout(model)
+        if cfg.lora:
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        model.config.use_cache = False
+        self.reference = Reference(self.ref_kind, model, cfg.log_prob_chunk_size)
+        if self.ref_kind == "precompute":
+            cache_dir = cfg.reference_cache_dir or str(Path(cfg.output_dir).resolve().parent / ".prefalign-cache")
+            self.ref_cache, self.ref_cache_hit = precompute.reference_logps(
+                self.acc, model, self.tokenizer, self.examples + self.eval_examples, cfg, cache_dir, self.log)
+        self.ref_forward_passes = 0
+        self.global_batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
+        per_epoch = math.ceil(len(self.examples) / self.global_batch)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_epochs * per_epoch))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+        from transformers import get_scheduler
+
+        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
+        sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+        self.warmup = warmup
+        self.model, self.opt = self.acc.prepare(model, opt)
+        self.sched = sched  # stepped by us once per optimizer step (not wrapped: no per-process scaling)
+
+    def _batch(self, idx: list[int], examples, offset: int = 0):
+        batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id)
+        if self.ref_kind == "precompute":
+            vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
+            batch.ref_logps = torch.cat([vals[:, 0], vals[:, 1]])  # [2b]
+        return batch.to(self.acc.device)
+
+    def _forward(self, batch, grad: bool = True):
+        obj, cfg = self.objective, self.cfg
+        with torch.set_grad_enabled(grad):
+            pol = sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.completion_mask,
+                                 cfg.log_prob_chunk_size, with_logsq=getattr(obj, "needs_logsq", False))
+        ref_seq, ref_tok = self.reference.logps(batch, self.model, token_level=obj.needs_token_logps)
+        if self.ref_kind in ("copy", "adapter"):
+            self.ref_forward_passes += 1
+        return obj(to_pair_logps(pol, ref_seq, ref_tok, batch)), pol, ref_seq
+
+    # ---------------------------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg, acc = self.cfg, self.acc
+        start = 0
+        if cfg.resume:
+            done = ckpt.list_checkpoints(self.out / "checkpoints")
+            if done:
+                start = ckpt.load_checkpoint(done[-1], acc.unwrap_model(self.model), self.opt, self.sched)["step"]
+                self.log(f"resuming from {done[-1]} (step {start})")
+        if acc.is_main_process:
+            fresh_output_dir(self.out, cfg)
+            save(cfg, self.out / "config.yaml")
+            self.report.save(self.out)
+        acc.wait_for_everyone()
+        logger = MetricsLogger(self.out, cfg.report_to, to_dict(cfg), acc.is_main_process, resume_step=start)
+        health = HealthMonitor(self.warmup, warn=self.log)
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not (cfg.progress and
+                   acc.is_main_process), dynamic_ncols=True)
+        self.model.train()
+        try:
+            for step in range(start, self.total_steps):
+                metrics = self._step(step, health)
+                bar.update(1)
+                if metrics is not None:
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('rewards/accuracies', 0):.2f}")
+                    if (step + 1) % cfg.logging_steps == 0 or step == 0:
+                        logger.log(step + 1, metrics)
+                if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and self.eval_examples:
+                    logger.log(step + 1, self.evaluate())
+                if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < self.total_steps:
+                    self._checkpoint(step + 1)
+        finally:
+            bar.close()
+        final = {"eval": self.evaluate()} if self.eval_examples else {}
+        if final:
+            logger.log(self.total_steps, final["eval"])
+        logger.close()
+        self._save_final(final, health)
+        return self.out
+
+    def _step(self, step: int, health: HealthMonitor) -> dict | None:
+        cfg, acc = self.cfg, self.acc
+        idx = stream_indices(step, self.global_batch, len(self.examples), cfg.seed)
+        per_proc = len(idx) // acc.num_processes
+        mine = idx[acc.process_index * per_proc : (acc.process_index + 1) * per_proc]
+        micro = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+        sums: dict[str, float] = {}
+        rows: list[int] = []
+        for k, chunk in enumerate(micro):
+            batch = self._batch(chunk, self.examples)
+            rows += batch.rows
+            sync = k == len(micro) - 1
+            ctx = acc.no_sync(self.model) if not sync else _null()
+            with ctx:
+                out, pol, ref_seq = self._forward(batch)
+                if step == 0 and k == 0 and self.ref_kind in ("copy", "adapter"):
+                    self._check_reference(pol.seq_logps.detach(), ref_seq, pol.n_tokens)
+                # Each micro-batch's mean loss weighted by its share of the global batch: the gradient is the
+                # global-batch mean whatever the split (DDP averages over processes, hence × num_processes).
+                weight = len(chunk) * acc.num_processes / self.global_batch
+                acc.backward(out.loss * weight)
+            b = batch.num_pairs
+            for key, v in {"loss": out.loss.item(), **out.metrics,
+                           "logps/chosen": (pol.seq_logps[:b] / pol.n_tokens[:b]).mean().item(),
+                           "logps/rejected": (pol.seq_logps[b:] / pol.n_tokens[b:]).mean().item()}.items():
+                sums[key] = sums.get(key, 0.0) + v * len(chunk) / len(mine)
+        maybe_fault("accumulated", step)
+        grad_norm = self._grad_norm()
+        if not health.finite(sums["loss"], grad_norm):
+            what = "loss" if not health.finite(sums["loss"]) else "gradient norm"
+            if health.nan(step + 1, rows, what, cfg.nan_policy):
+                self.opt.zero_grad(set_to_none=True)
+                return None
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        maybe_fault("after_step", step + 1)
+        metrics = {k: _mean_across(acc, v) for k, v in sums.items()}
+        metrics.update(grad_norm=grad_norm, lr=self.sched.get_last_lr()[0])
+        health.observe(step + 1, metrics["loss"], metrics["logps/chosen"])
+        return metrics
+
+    def _grad_norm(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.max_grad_norm > 0:
+            return float(self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+
+    def _check_reference(self, policy: torch.Tensor, ref: torch.Tensor, n_tokens: torch.Tensor) -> None:
+        """At step 0 the reference must equal the policy; a mismatch means a wrong model or adapter."""
+        tol = 1e-4 if self.cfg.dtype == "fp32" else 2e-2
+        gap = ((policy - ref).abs() / n_tokens.clamp(min=1)).max().item()
+        if gap > tol:
+            raise UserError("reference", f"reference log-probs differ from the policy's at step 0 by {gap:.2e} "
+                            "nats/token", "the reference must be the initial policy; check dropout and adapters")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        n, sums = len(self.eval_examples), {}
+        offset = len(self.examples)  # eval rows follow train rows in the precompute cache
+        for s in range(0, n, self.cfg.batch_size):
+            idx = list(range(s, min(n, s + self.cfg.batch_size)))
+            out, _, _ = self._forward(self._batch(idx, self.eval_examples, offset), grad=False)
+            for k, v in {"loss": out.loss.item(), **out.metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx) / n
+        self.model.train()
+        return {f"eval/{k}": v for k, v in sums.items()}
+
+    def _checkpoint(self, step: int) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            maybe_fault("before_checkpoint", step)
+            ckpt.save_checkpoint(self.out / "checkpoints", self.acc.unwrap_model(self.model), self.opt,
+                                 self.sched, {"step": step}, self.cfg.save_total_limit)
+            maybe_fault("after_checkpoint", step)
+        self.acc.wait_for_everyone()
+
+    def _save_final(self, final: dict, health: HealthMonitor) -> None:
+        from prefalign.train.save import save_final
+
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            summary = {"steps": self.total_steps, "reference": self.ref_kind,
+                       "reference_cache_hit": getattr(self, "ref_cache_hit", None),
+                       "reference_forward_passes": self.ref_forward_passes, "nan_skipped": health.skipped,
+                       "warnings": sorted(health.warned), **final}
+            save_final(self.acc.unwrap_model(self.model), self.tokenizer, self.out, self.cfg.merge_lora)
+            tmp = self.out / (FINISHED_MARKER + ".tmp")
+            tmp.write_text(json.dumps(summary, indent=1))
+            os.replace(tmp, self.out / FINISHED_MARKER)
+        self.acc.wait_for_everyone()
+
+
+def _mean_across(acc: Accelerator, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    return acc.gather(torch.tensor([value], device=acc.device)).mean().item()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    t0 = time.time()
+    out = Trainer(cfg, log=log).train()
+    log(f"done in {time.time() - t0:.1f}s: {out}")
+    return out

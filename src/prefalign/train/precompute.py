@@ -1,0 +1,41 @@
+"""``reference: precompute``: the initial policy's log-probs for every example, computed once and cached."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from prefalign.data import collate_pairs
+from prefalign.logps import sequence_logps
+from prefalign.reference import cache_path, fingerprint, load_cache, save_cache
+
+
+@torch.no_grad()
+def compute_all(model, tokenizer, examples, batch_size: int, chunk_size: int, device, progress: bool):
+    """[len(examples), 2] summed log-probs (chosen, rejected) under ``model`` as it is now."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(examples), 2)
+    for s in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", disable=not progress):
+        part = examples[s : s + batch_size]
+        b = collate_pairs(part, tokenizer.pad_token_id).to(device)
+        lp = sequence_logps(model, b.input_ids, b.attention_mask, b.completion_mask, chunk_size).seq_logps
+        out[s : s + len(part), 0] = lp[: len(part)].float().cpu()
+        out[s : s + len(part), 1] = lp[len(part) :].float().cpu()
+    model.train(was_training)
+    return out
+
+
+def reference_logps(acc, model, tokenizer, examples, cfg, cache_dir: str, log):
+    """Cached values and whether the cache was hit. The main process computes on a miss; others wait."""
+    settings = {"max_length": cfg.max_length, "truncation": cfg.truncation, "dtype": cfg.dtype}
+    path = cache_path(cache_dir, fingerprint(model, tokenizer, examples, settings))
+    hit = path.exists()
+    if not hit and acc.is_main_process:
+        model.to(acc.device)
+        values = compute_all(model, tokenizer, examples, cfg.batch_size, cfg.log_prob_chunk_size, acc.device,
+                             cfg.progress)
+        save_cache(path, values)
+    acc.wait_for_everyone()
+    log(f"reference log-probs: {'cache hit' if hit else 'computed and cached'} ({path})")
+    return load_cache(path), hit

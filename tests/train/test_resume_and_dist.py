@@ -1,0 +1,71 @@
+"""Resume after kill -9 continues exactly; two processes under accelerate equal one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefalign.train.config import save
+
+from .helpers import config, read_metrics, write_pairs
+
+
+def _run(args, env_extra=None, check=True):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stderr[-3000:]}")
+    return p
+
+
+def _cli(cfg_path, *extra, env=None, check=True):
+    return _run([sys.executable, "-m", "prefalign", "train", "--config", str(cfg_path), *extra], env, check)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["after_step:3", "accumulated:4", "mid_checkpoint:4", "after_checkpoint:4"])
+def test_resume_after_kill_is_bitwise_identical(tiny_model_dir, tmp_path, fault):
+    """2N steps straight vs kill -9 at step ~N then --resume: identical weights (CPU fp32)."""
+    data = write_pairs(tmp_path / "d.jsonl", n=16)
+    straight = config(tiny_model_dir, data, tmp_path / "straight", max_steps=8, save_steps=2,
+                      gradient_accumulation_steps=2, batch_size=2, lr_scheduler="cosine", warmup_steps=2)
+    save(straight, tmp_path / "straight.yaml")
+    _cli(tmp_path / "straight.yaml")
+    broken = config(tiny_model_dir, data, tmp_path / "broken", max_steps=8, save_steps=2,
+                    gradient_accumulation_steps=2, batch_size=2, lr_scheduler="cosine", warmup_steps=2)
+    save(broken, tmp_path / "broken.yaml")
+    p = _cli(tmp_path / "broken.yaml", env={"PREFALIGN_FAULT": fault}, check=False)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert not (tmp_path / "broken" / "run_complete.json").exists()
+    _cli(tmp_path / "broken.yaml", "--resume")
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "broken" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [m["step"] for m in read_metrics(tmp_path / "broken")][-1] == 8
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tiny_model_dir, tmp_path):
+    """accelerate launch --num_processes 2 (CPU, gloo) = one process with the same global batch."""
+    data = write_pairs(tmp_path / "d.jsonl", n=16)
+    one = config(tiny_model_dir, data, tmp_path / "one", max_steps=2, batch_size=4)
+    two = config(tiny_model_dir, data, tmp_path / "two", max_steps=2, batch_size=2)
+    save(one, tmp_path / "one.yaml")
+    save(two, tmp_path / "two.yaml")
+    _cli(tmp_path / "one.yaml")
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+          "-m", "prefalign", "train", "--config", str(tmp_path / "two.yaml")])
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    la, lb = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [round(m["loss"], 5) for m in la] == [round(m["loss"], 5) for m in lb]
