@@ -8,6 +8,9 @@ Conventions (stated once, used everywhere):
 - ``policy_*`` / ``ref_*`` are **summed** log-probs over completion tokens, shape [B].
 - ``*_tokens`` are completion token counts, shape [B] (so length-averaged log-probs are ``logp / tokens``).
 - ``*_token_logps`` (optional) are per-token log-probs, [B, T], zero where ``*_mask`` is 0.
+- ``policy_*_token_log_sum_sq`` (optional) are, per completion position t, log Σ_v π_θ(v | x, y_<t)², [B, T], zero
+  where the mask is 0. Only WPO weighting needs them; an objective asks for them with ``needs_token_log_sum_sq``,
+  and then the log-prob layer must provide them (from the same logits as the token log-probs, no gradient needed).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class PairLogps:
     ref_rejected_token_logps: torch.Tensor | None = None  # [B, Tr]
     chosen_mask: torch.Tensor | None = None  # [B, Tc] 1 on completion tokens
     rejected_mask: torch.Tensor | None = None  # [B, Tr]
+    # log Σ_v π_θ(v|x, y_<t)² per completion position (WPO weights); see ``needs_token_log_sum_sq``.
+    policy_chosen_token_log_sum_sq: torch.Tensor | None = None  # [B, Tc]
+    policy_rejected_token_log_sum_sq: torch.Tensor | None = None  # [B, Tr]
     # Extra row fields an objective declares (e.g. "pref_prob", "chosen_score"), each a [B] tensor.
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -67,6 +73,10 @@ class Objective:
     summary: ClassVar[str] = ""  # one line for ``prefalign objectives``
     needs_reference: ClassVar[bool] = True
     needs_token_logps: ClassVar[bool] = False
+    # Also per-token log Σ_v π_θ(v)² of the policy (``policy_*_token_log_sum_sq``); implies ``needs_token_logps``.
+    needs_token_log_sum_sq: ClassVar[bool] = False
+    # Per-token log-probs of the *reference* too (``ref_*_token_logps``); a precomputed reference lacks them.
+    needs_ref_token_logps: ClassVar[bool] = False
     row_kind: ClassVar[str] = "paired"  # "paired" | "unpaired" | "ranked"
     extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
 

@@ -57,8 +57,9 @@ def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
         ref_rejected_token_logps=None if ref_tok is None else ref_tok[b:],
         chosen_mask=pol.mask[:b], rejected_mask=pol.mask[b:], extras=batch.extras,
     )
-    if pol.token_logsq is not None and hasattr(pair, "policy_chosen_token_logsq"):
-        pair.policy_chosen_token_logsq, pair.policy_rejected_token_logsq = pol.token_logsq[:b], pol.token_logsq[b:]
+    if pol.token_logsq is not None:
+        pair.policy_chosen_token_log_sum_sq = pol.token_logsq[:b]
+        pair.policy_rejected_token_log_sum_sq = pol.token_logsq[b:]
     return pair
 
 
@@ -134,8 +135,8 @@ class Trainer:
         obj, cfg = self.objective, self.cfg
         with torch.set_grad_enabled(grad):
             pol = sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                 cfg.log_prob_chunk_size, with_logsq=getattr(obj, "needs_logsq", False))
-        ref_seq, ref_tok = self.reference.logps(batch, self.model, token_level=obj.needs_token_logps)
+                                 cfg.log_prob_chunk_size, with_logsq=obj.needs_token_log_sum_sq)
+        ref_seq, ref_tok = self.reference.logps(batch, self.model, token_level=obj.needs_ref_token_logps)
         if self.ref_kind in ("copy", "adapter"):
             self.ref_forward_passes += 1
         return obj(to_pair_logps(pol, ref_seq, ref_tok, batch)), pol, ref_seq

@@ -57,7 +57,7 @@ def reference_kind(cfg: TrainConfig, objective) -> str:
                         "use reference: copy, precompute or adapter")
     if kind == "adapter" and not cfg.lora:
         raise UserError("config", "reference 'adapter' needs LoRA", "set lora: true or use reference: copy")
-    if kind == "precompute" and objective.needs_token_logps:
+    if kind == "precompute" and objective.needs_ref_token_logps:
         raise UserError("config", f"objective '{objective.name}' needs per-token reference log-probs, which "
                         "reference: precompute does not store", "use reference: copy or adapter")
     return kind
