@@ -1,0 +1,271 @@
+"""Shared decoding machinery: prompt rendering, a token-by-token loop with KV caches, stopping, sampling.
+
+Every decoding-time method here is "some streams + a rule that turns their next-token logits into scores":
+
+- a ``Stream`` is one model reading one batch of contexts, holding its own KV cache;
+- ``token_loop`` prefills every stream, then each step calls ``logits_fn(StepState) -> scores [B, V]``, picks
+  a token per row (argmax at temperature 0, else top-p sampling from softmax(scores / T)) and feeds it to
+  every stream.
+
+Plain sampling is one stream and the identity rule, so best-of-n samples through the same loop as DeRa,
+Linear Alignment and ARGS (and is checked against ``model.generate`` in the tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from prefalign.errors import UserError
+
+
+@dataclass
+class GenOptions:
+    """Options shared by every method."""
+
+    max_new_tokens: int = 128  # new tokens per completion (eos and stop strings end a row earlier)
+    temperature: float = 1.0  # 0 = greedy (argmax); else sample from softmax(scores / temperature)
+    top_p: float = 1.0  # nucleus sampling threshold on the final scores; 1 = off
+    seed: int = 0  # seeds the one torch.Generator used for every sampling step (deterministic runs)
+    stop: tuple[str, ...] = ()  # stop strings: a row ends when its text contains one; the text is cut before it
+    batch_size: int = 8  # rows decoded together
+    chat: bool | None = None  # render prompts with the chat template; None = when the tokenizer has one
+    system: str | None = None  # optional system message for every prompt
+
+
+@dataclass
+class StepState:
+    """What a ``logits_fn`` sees at each step."""
+
+    step: int  # index of the token being chosen (0 = the first new token)
+    logits: list[torch.Tensor]  # one [B, V] float32 next-token logits tensor per stream, in stream order
+    generated: torch.Tensor  # [B, step] tokens chosen so far
+    done: torch.Tensor  # [B] bool: rows that have ended (their choice is ignored)
+
+
+LogitsFn = Callable[[StepState], torch.Tensor]
+
+
+def render_prompts(tokenizer, prompts: Sequence[str], system: str | None = None,
+                   chat: bool | None = None) -> tuple[list[str], bool]:
+    """Prompt texts ready to continue, and whether they came from the chat template.
+
+    With a template each prompt becomes a user turn (after an optional system turn) plus the generation
+    prompt. A template that rejects the system role gets the system text prepended to the user turn.
+    Without a template the system text is prepended to the prompt.
+    """
+    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    if not use_chat:
+        return [p if system is None else f"{system}\n\n{p}" for p in prompts], False
+    texts = []
+    for p in prompts:
+        messages = [{"role": "user", "content": p}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # jinja raises its own error types for "system role not supported"
+            if system is None:
+                raise
+            merged = [{"role": "user", "content": f"{system}\n\n{p}"}]
+            text = tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+        texts.append(text)
+    return texts, True
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], opts: GenOptions, system: str | None = None,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask``, both [B, T], so every row continues at column T."""
+    texts, templated = render_prompts(tokenizer, prompts, system=system if system is not None else opts.system,
+                                      chat=opts.chat)
+    # A chat template already wrote BOS/turn markers; a raw prompt gets the tokenizer's usual specials.
+    rows = [tokenizer(t, add_special_tokens=not templated)["input_ids"] for t in texts]
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise UserError("decode", f"prompt {empty[0] + 1} is empty (no tokens)", "give every prompt some text")
+    pad = pad_id(tokenizer)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return eos_ids(tokenizer)[0] if eos_ids(tokenizer) else 0
+
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config (chat models list several)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
+    return sorted(set(ids))
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+class Stream:
+    """One model reading one batch of left-padded contexts, with its own KV cache.
+
+    ``context`` wraps every forward pass; DeRa passes a PEFT model's ``disable_adapter`` to read the
+    reference through the same weights while keeping a separate cache.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 context: Callable[[], contextlib.AbstractContextManager] | None = None):
+        self.model, self.context = model, context or contextlib.nullcontext
+        self.input_ids, self.mask = input_ids, attention_mask  # [B, T] each
+        self.past = None
+        self.keep_last = True
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        kw = {"logits_to_keep": 1} if self.keep_last else {}  # skip [B, T, V] logits at prefill
+        with self.context():
+            try:
+                out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                                 past_key_values=self.past, use_cache=True, **kw)
+            except TypeError as e:  # an older architecture without logits_to_keep
+                if "logits_to_keep" not in str(e):
+                    raise
+                self.keep_last = False
+                return self._forward(ids, positions)
+        self.past = out.past_key_values
+        return out.logits[:, -1, :].float()  # [B, V]
+
+    @torch.no_grad()
+    def prefill(self) -> torch.Tensor:
+        # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        return self._forward(self.input_ids, positions)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)  # [B, T+1]
+        positions = self.mask.sum(-1, keepdim=True) - 1  # [B, 1]
+        return self._forward(tokens[:, None], positions)
+
+
+def top_p_mask(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[B, V] bool: the smallest set of tokens whose softmax mass reaches ``top_p`` (always >= 1 token)."""
+    if top_p >= 1.0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)  # [B, V] each
+    before = probs.cumsum(-1) - probs  # mass strictly before each sorted token
+    keep_sorted = before < top_p  # the first token always has before = 0
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def pick_tokens(scores: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """[B] next tokens from scores [B, V]: argmax at temperature 0, else top-p sampling at that temperature."""
+    if temperature <= 0:
+        return scores.argmax(-1)
+    scaled = scores / temperature
+    scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)  # [B, V]
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def make_stop_fn(tokenizer, stop: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``f(generated [B, t]) -> [B] bool``: rows whose recent text contains a stop string."""
+    if not stop:
+        return None
+    # A stop string first appears in the newest tokens; a char is at most 4 byte-level tokens.
+    window = 4 * max(len(s) for s in stop) + 2
+
+    def stopped(generated: torch.Tensor) -> torch.Tensor:
+        texts = tokenizer.batch_decode(generated[:, -window:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in stop) for t in texts], device=generated.device)
+
+    return stopped
+
+
+@torch.no_grad()
+def token_loop(streams: list[Stream], logits_fn: LogitsFn, opts: GenOptions, eos: Sequence[int], pad: int,
+               generator: torch.Generator | None = None, stop_fn=None) -> torch.Tensor:
+    """Decode up to ``opts.max_new_tokens`` tokens; returns generated ids [B, t] (pad after a row ends)."""
+    logits = [s.prefill() for s in streams]
+    batch, device = logits[0].shape[0], logits[0].device
+    generated = torch.zeros((batch, 0), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
+    for t in range(opts.max_new_tokens):
+        scores = logits_fn(StepState(step=t, logits=logits, generated=generated, done=done))  # [B, V]
+        tokens = pick_tokens(scores, opts.temperature, opts.top_p, generator)  # [B]
+        tokens = torch.where(done, torch.full_like(tokens, pad), tokens)
+        generated = torch.cat([generated, tokens[:, None]], dim=-1)
+        done = done | torch.isin(tokens, eos_t)
+        if stop_fn is not None:
+            done = done | stop_fn(generated)
+        if bool(done.all()):
+            break
+        logits = [s.step(tokens) for s in streams]
+    return generated
+
+
+def finish_texts(tokenizer, generated: torch.Tensor, eos: Sequence[int],
+                 stop: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Completion texts (cut at the first eos, then before the first stop string) and their token counts."""
+    texts, counts = [], []
+    eos_set = set(eos)
+    for row in generated.tolist():
+        cut = next((i for i, tok in enumerate(row) if tok in eos_set), len(row))
+        text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+        texts.append(truncate_at_stop(text, stop))
+        counts.append(cut)
+    return texts, counts
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def decode_batches(tokenizer, prompts: Sequence[str], opts: GenOptions,
+                   make_streams: Callable[[list[str]], list[Stream]],
+                   make_logits_fn: Callable[[list[str]], LogitsFn], model=None) -> tuple[list[str], list[int]]:
+    """Run ``token_loop`` over prompts in batches; returns completion texts and token counts, in order.
+
+    ``make_streams(batch_prompts)`` builds the streams, ``make_logits_fn(batch_prompts)`` the per-step rule.
+    """
+    eos = eos_ids(tokenizer, model)
+    pad = pad_id(tokenizer)
+    stop_fn = make_stop_fn(tokenizer, opts.stop)
+    generator = None
+    texts, counts = [], []
+    for i in range(0, len(prompts), opts.batch_size):
+        batch = list(prompts[i : i + opts.batch_size])
+        streams = make_streams(batch)
+        if generator is None:  # one generator for the whole run, on the model's device
+            generator = torch.Generator(device=streams[0].input_ids.device).manual_seed(opts.seed)
+        generated = token_loop(streams, make_logits_fn(batch), opts, eos, pad, generator, stop_fn)
+        t, c = finish_texts(tokenizer, generated, eos, opts.stop)
+        texts += t
+        counts += c
+    return texts, counts
+
+
+def plain_streams(model, tokenizer, opts: GenOptions, system: str | None = None, context=None):
+    """``make_streams`` for one model reading the rendered prompts."""
+
+    def make(batch: list[str]) -> list[Stream]:
+        ids, mask = encode_prompts(tokenizer, batch, opts, system=system, device=model_device(model))
+        return [Stream(model, ids, mask, context)]
+
+    return make
+
+
+def sample(model, tokenizer, prompts: Sequence[str], opts: GenOptions) -> tuple[list[str], list[int]]:
+    """Plain decoding (sampling, or greedy at temperature 0) from one model."""
+    return decode_batches(tokenizer, prompts, opts, plain_streams(model, tokenizer, opts),
+                          lambda batch: lambda state: state.logits[0], model=model)

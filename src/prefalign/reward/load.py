@@ -1,0 +1,77 @@
+"""``load_reward(spec)``: one string names any scorer, so configs and the CLI can carry it.
+
+- ``"vader"``: VADER compound sentiment of the completion, in [-1, 1] (needs ``pip install vaderSentiment``).
+- ``"module:function"``: a Python callable ``f(prompts, completions) -> list[float]``, imported only when named.
+- a folder path: a sequence-classification reward model (``num_labels=1``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from prefalign.errors import UserError
+from prefalign.reward.base import CallableReward, RewardFn, VaderReward
+
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # package.module:function (or :Class.method)
+
+
+def load_reward(spec: str | Callable | RewardFn, device: str = "cpu", batch_size: int = 16) -> RewardFn:
+    """A ``RewardFn`` for ``spec``; a callable or an existing ``RewardFn`` is wrapped or returned as is."""
+    if isinstance(spec, RewardFn):
+        return spec
+    if callable(spec):
+        return CallableReward(spec, batch_size=batch_size)
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise UserError("reward", f"expected a reward spec string, got {spec!r}",
+                        "use 'vader', 'module:function' or a reward-model folder")
+    spec = str(spec).strip()
+    if spec.lower() == "vader":
+        return VaderReward()
+    if Path(spec).is_dir():
+        from prefalign.reward.model import ModelReward  # transformers is imported only for model rewards
+
+        return ModelReward(spec, device=device, batch_size=batch_size)
+    if _CALLABLE.match(spec):
+        return CallableReward(import_callable(spec), name=spec, batch_size=batch_size)
+    if Path(spec).exists():
+        raise UserError(f"reward {spec}", "is a file, not a reward-model folder",
+                        "pass the folder that holds config.json")
+    raise UserError(f"reward {spec}", "is not 'vader', a 'module:function' callable or an existing folder",
+                    "check the spelling or the path")
+
+
+def import_callable(spec: str, where: str | None = None) -> Callable:
+    """The callable named by ``"package.module:function"`` (UserError if it cannot be found)."""
+    where = where or f"reward {spec}"
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = _import(module_name)
+    except ImportError as e:
+        raise UserError(where, f"cannot import module '{module_name}' ({e})",
+                        "make it importable (install it or run from its folder)") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(where, f"module '{module_name}' has no attribute '{attr}'",
+                            "check the function name")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(where, f"'{attr}' is not callable", "name a function f(prompts, completions)")
+    return obj
+
+
+def _import(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        # A console script does not put the working directory on sys.path; a user's my_rewards.py lives there.
+        cwd = os.getcwd()
+        if e.name != module_name.split(".")[0] or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
