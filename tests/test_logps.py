@@ -1,50 +1,87 @@
-"""Log-probs of completion tokens: exact against a naive log-softmax, and padding invariant."""
+"""Log-probs of completion tokens: exact against a naive log-softmax, padding invariant, layout invariant."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from prefalign import objectives
+from prefalign.data.batch import collate_pairs
+from prefalign.data.types import PairExample
 from prefalign.logps import sequence_logps
 from prefalign.testing import tiny_model
 
 
-def _naive(model, ids, am, cm):
-    logp = model(input_ids=ids, attention_mask=am).logits[:, :-1].float().log_softmax(-1)  # [N, L-1, V]
-    tok = logp.gather(2, ids[:, 1:, None]).squeeze(2)  # [N, L-1]
-    return (tok * cm[:, 1:]).sum(-1)
+def _examples(vocab: int, lengths, seed: int = 0) -> list[PairExample]:
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: torch.randint(4, vocab, (n,), generator=g).tolist()  # noqa: E731
+    return [PairExample(i + 1, rand(p), rand(c), rand(r)) for i, (p, c, r) in enumerate(lengths)]
 
 
-def test_matches_naive_log_softmax_and_gradients(tiny_tok):
+def _naive(model, ex: PairExample, side: str) -> torch.Tensor:
+    comp = ex.chosen_ids if side == "chosen" else ex.rejected_ids
+    ids = torch.tensor([ex.prompt_ids + comp])
+    logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)  # [L-1, V]
+    tok = logp.gather(1, ids[0, 1:, None]).squeeze(1)  # [L-1]
+    return tok[len(ex.prompt_ids) - 1 :]  # completion tokens
+
+
+MIXED = [(5, 3, 7), (9, 6, 2), (2, 4, 4)]
+
+
+@pytest.mark.parametrize("layout", ["separate", "shared_prefix"])
+def test_matches_naive_log_softmax(tiny_tok, layout):
     model = tiny_model(tiny_tok, seed=1)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, len(tiny_tok), (3, 17), generator=g)
-    am = torch.ones_like(ids)
-    am[1, 12:] = 0
-    cm = torch.zeros_like(ids)
-    cm[:, 9:] = 1
-    cm *= am
-    out = sequence_logps(model, ids, am, cm, chunk_size=5)
-    ref = _naive(model, ids, am, cm)
-    torch.testing.assert_close(out.seq_logps, ref, atol=1e-4, rtol=1e-6)
-    assert out.n_tokens.tolist() == [8, 3, 8]
-    ga = torch.autograd.grad(out.seq_logps.sum(), model.lm_head.weight)[0]
-    gb = torch.autograd.grad(ref.sum(), model.lm_head.weight)[0]
-    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+    exs = _examples(len(tiny_tok), MIXED)
+    batch = collate_pairs(exs, tiny_tok.pad_token_id, layout)
+    out = sequence_logps(model, batch, chunk_size=5)
+    b = len(exs)
+    for i, ex in enumerate(exs):
+        for s, side in ((i, "chosen"), (b + i, "rejected")):
+            want = _naive(model, ex, side)
+            n = len(want)
+            assert int(out.n_tokens[s]) == n and bool(out.mask[s, :n].all()) and not out.mask[s, n:].any()
+            torch.testing.assert_close(out.token_logps[s, :n], want, atol=1e-5, rtol=1e-5)
 
 
 def test_padding_invariance(tiny_tok):
     """A row's log-probs do not change with the other rows in its batch (right padding)."""
     model = tiny_model(tiny_tok, seed=2).eval()
-    row = torch.tensor([[10, 11, 12, 13, 14, 15, 16]])
-    cm_row = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
-    alone = sequence_logps(model, row, torch.ones_like(row), cm_row)
-    long = torch.randint(4, len(tiny_tok), (2, 25), generator=torch.Generator().manual_seed(3))
-    ids = torch.full((3, 25), tiny_tok.pad_token_id)
-    ids[0, :7], ids[1:] = row[0], long
-    am = torch.zeros_like(ids)
-    am[0, :7], am[1:] = 1, 1
-    cm = torch.zeros_like(ids)
-    cm[0, :7], cm[1:, 20:] = cm_row[0], 1
-    batched = sequence_logps(model, ids, am, cm)
-    torch.testing.assert_close(batched.seq_logps[0], alone.seq_logps[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched.token_logps[0, :6], alone.token_logps[0], atol=1e-5, rtol=0)
+    short, *others = _examples(len(tiny_tok), [(3, 2, 2), (20, 9, 11), (15, 12, 3)], seed=5)
+    for layout in ("separate", "shared_prefix"):
+        alone = sequence_logps(model, collate_pairs([short], tiny_tok.pad_token_id, layout))
+        batched = sequence_logps(model, collate_pairs([short, *others], tiny_tok.pad_token_id, layout))
+        torch.testing.assert_close(batched.seq_logps[0], alone.seq_logps[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched.seq_logps[3], alone.seq_logps[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "simpo"])
+def test_shared_prefix_equals_separate_loss_and_gradients(tiny_tok, name):
+    """Prefix sharing is exact: same loss and same gradients (fp32, 1e-5) on rows of mixed lengths."""
+    exs = _examples(len(tiny_tok), MIXED + [(11, 1, 8)], seed=3)
+    obj = objectives.get(name)
+    ref_model = tiny_model(tiny_tok, seed=7).eval()
+    results = []
+    for layout in ("separate", "shared_prefix"):
+        model = tiny_model(tiny_tok, seed=4)
+        batch = collate_pairs(exs, tiny_tok.pad_token_id, layout)
+        pol = sequence_logps(model, batch, chunk_size=4)
+        with torch.no_grad():
+            ref = sequence_logps(ref_model, batch).seq_logps
+        b = len(exs)
+        out = obj(objectives.PairLogps(pol.seq_logps[:b], pol.seq_logps[b:], ref[:b], ref[b:],
+                                       pol.n_tokens[:b].float(), pol.n_tokens[b:].float()))
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (la, ga), (lb, gb) = results
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in ga.values())
+
+
+def test_shared_prefix_runs_fewer_tokens(tiny_tok):
+    exs = _examples(len(tiny_tok), [(50, 5, 5)] * 2)
+    sep = collate_pairs(exs, tiny_tok.pad_token_id, "separate")
+    shr = collate_pairs(exs, tiny_tok.pad_token_id, "shared_prefix")
+    assert sep.num_tokens == 2 * 110 and shr.num_tokens == 2 * 60

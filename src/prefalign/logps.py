@@ -2,10 +2,10 @@
 
     log π(y_t | x, y_<t) = z_t[y_t] − logsumexp(z_t)
 
-Only completion positions reach the LM head, in chunks of ``chunk_size`` positions; each chunk's logits are
-recomputed in backward (activation checkpointing), so the loss never holds more than [chunk, vocab] logits
-instead of a [batch, length, vocab] log-softmax. Models whose head is not a plain linear layer (logit soft-capping,
-logit scaling) take the exact fallback: the model's own logits, reduced chunk by chunk.
+Only the scored positions (the batch's scoring plan) reach the LM head, in chunks of ``chunk_size``; each chunk's
+logits are recomputed in backward (activation checkpointing), so the loss never holds more than [chunk, vocab]
+logits instead of a [batch, length, vocab] log-softmax. Models whose head is not a plain linear layer (logit
+soft-capping, logit scaling) take the exact fallback: the model's own logits, reduced chunk by chunk.
 """
 
 from __future__ import annotations
@@ -19,21 +19,20 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class SeqLogps:
-    token_logps: torch.Tensor  # [N, L-1] log π of token t+1 at position t; 0 off the completion
-    mask: torch.Tensor  # [N, L-1] bool, True where token t+1 is a completion token
-    seq_logps: torch.Tensor  # [N] summed over completion tokens
-    n_tokens: torch.Tensor  # [N] completion token counts
-    token_logsq: torch.Tensor | None = None  # [N, L-1] log Σ_v π(v)² (no grad; WPO weights), when asked
+    token_logps: torch.Tensor  # [S, T] log π of completion token t of sequence s; 0 past its end
+    mask: torch.Tensor  # [S, T] bool
+    seq_logps: torch.Tensor  # [S] summed over completion tokens
+    n_tokens: torch.Tensor  # [S] completion token counts
+    token_logsq: torch.Tensor | None = None  # [S, T] log Σ_v π(v)² (no grad; WPO weights), when asked
 
 
 def _head_logps(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor):
     logits = F.linear(h, weight, bias).float()  # [C, V]; fp32 for a stable logsumexp
-    lse = torch.logsumexp(logits, dim=-1)  # [C]
-    return logits.gather(1, targets[:, None]).squeeze(1) - lse  # [C]
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)  # [C]
 
 
-def _head_logsq(h, weight, bias):
-    logits = F.linear(h, weight, bias).float()  # [C, V]
+def _logsq(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()  # [C, V]
     return torch.logsumexp(2 * logits, -1) - 2 * torch.logsumexp(logits, -1)  # log Σ π² [C]
 
 
@@ -54,42 +53,46 @@ def _causal_lm(model):
     return model
 
 
-def sequence_logps(model, input_ids, attention_mask, completion_mask, chunk_size: int = 1024,
-                   with_logsq: bool = False, position_ids: torch.Tensor | None = None) -> SeqLogps:
-    """Per-token and summed log-probs of completion tokens. input_ids/attention_mask/completion_mask: [N, L]."""
-    lm = _causal_lm(model)
-    mask = completion_mask[:, 1:].bool()  # [N, L-1]: position t scores token t+1
-    targets = input_ids[:, 1:][mask]  # [M]
+def _mask_for(model, mask: torch.Tensor) -> torch.Tensor:
+    """A 4D boolean mask becomes additive (0 / −inf) in the model's dtype, which every attention backend reads."""
+    if mask.dim() != 4:
+        return mask
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def sequence_logps(model, batch, chunk_size: int = 1024, with_logsq: bool = False) -> SeqLogps:
+    """Per-token and summed log-probs of the completion tokens named by ``batch.scoring``."""
+    lm, sc = _causal_lm(model), batch.scoring
+    kw = {"attention_mask": _mask_for(lm, batch.attention_mask), "position_ids": batch.position_ids}
     head = _plain_head(lm)
-    kw = {"attention_mask": attention_mask}
-    if position_ids is not None:
-        kw["position_ids"] = position_ids
+    parts, sq_parts = [], []
     if head is not None:
-        hidden = lm.base_model(input_ids=input_ids, **kw).last_hidden_state  # [N, L, H]
-        h = hidden[:, :-1][mask]  # [M, H] completion positions only
-        parts, sq_parts = [], []
+        hidden = lm.base_model(input_ids=batch.input_ids, **kw).last_hidden_state  # [R, L, H]
+        h = hidden[sc.row, sc.pos]  # [M, H]: scored positions only
         for s in range(0, h.shape[0], chunk_size):
-            hc, tc = h[s : s + chunk_size], targets[s : s + chunk_size]
+            hc, tc = h[s : s + chunk_size], sc.target[s : s + chunk_size]
             if torch.is_grad_enabled():
                 parts.append(checkpoint(_head_logps, hc, head.weight, head.bias, tc, use_reentrant=False))
             else:
                 parts.append(_head_logps(hc, head.weight, head.bias, tc))
             if with_logsq:
                 with torch.no_grad():
-                    sq_parts.append(_head_logsq(hc.detach(), head.weight, head.bias))
+                    sq_parts.append(_logsq(F.linear(hc, head.weight, head.bias)))
     else:
-        logits = lm(input_ids=input_ids, **kw).logits[:, :-1][mask]  # [M, V]
-        parts = [logits[s : s + chunk_size].float().log_softmax(-1).gather(1, targets[s : s + chunk_size, None])
-                 .squeeze(1) for s in range(0, logits.shape[0], chunk_size)]
-        sq_parts = []
-        if with_logsq:
-            with torch.no_grad():
-                lf = logits.detach().float()
-                sq_parts = [torch.logsumexp(2 * lf, -1) - 2 * torch.logsumexp(lf, -1)]
-    flat = torch.cat(parts) if parts else targets.new_zeros(0, dtype=torch.float32)  # [M]
-    token_logps = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
+        logits = lm(input_ids=batch.input_ids, **kw).logits[sc.row, sc.pos]  # [M, V]
+        for s in range(0, logits.shape[0], chunk_size):
+            lc = logits[s : s + chunk_size].float()
+            parts.append(lc.gather(1, sc.target[s : s + chunk_size, None]).squeeze(1) - torch.logsumexp(lc, -1))
+            if with_logsq:
+                sq_parts.append(_logsq(lc.detach()))
+    flat = torch.cat(parts) if parts else batch.input_ids.new_zeros(0, dtype=torch.float32)  # [M]
+    shape = (sc.num_seqs, sc.width)
+    token_logps = flat.new_zeros(shape).index_put((sc.seq, sc.slot), flat)  # [S, T]
+    mask = torch.zeros(shape, dtype=torch.bool, device=flat.device).index_put(
+        (sc.seq, sc.slot), torch.ones_like(sc.seq, dtype=torch.bool))
     logsq = None
     if with_logsq:
         sq = torch.cat(sq_parts) if sq_parts else flat.new_zeros(0)
-        logsq = torch.zeros(mask.shape, dtype=sq.dtype, device=sq.device).masked_scatter(mask, sq)
+        logsq = sq.new_zeros(shape).index_put((sc.seq, sc.slot), sq)
     return SeqLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), logsq)

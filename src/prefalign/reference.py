@@ -58,8 +58,7 @@ class Reference:
             inner = getattr(model, "module", model)
             ctx = inner.disable_adapter()
         with ctx:
-            out = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                 self.chunk_size)
+            out = sequence_logps(model, batch, self.chunk_size)
         return out.seq_logps, (out.token_logps if token_level else None)
 
 

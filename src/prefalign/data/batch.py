@@ -1,8 +1,12 @@
-"""Batches of token ids: chosen and rejected of B pairs stacked into one [2B, L] forward.
+"""Batches of token ids, in one of two exact layouts, with a scoring plan saying which tokens count.
 
-Rows 0..B−1 are prompt+chosen, rows B..2B−1 prompt+rejected (TRL's layout), right-padded.
-``completion_mask`` marks the tokens whose log-probs count (the completion); ``labels`` are the inputs
-shifted left so position t predicts token t+1.
+``separate`` (TRL's layout): 2B right-padded rows, prompt+chosen for each pair, then prompt+rejected.
+``shared_prefix``: B rows, each ``prompt | chosen | rejected``; a 4D attention mask lets each completion see the
+prompt and itself but not the other completion, and the rejected positions restart where the prompt ends. The
+prompt runs once per pair and gets gradients from both completions; log-probs are identical to ``separate``.
+
+Whatever the layout, output sequence s ∈ [0, 2B) is chosen of pair s (s < B) or rejected of pair s − B, and the
+scoring plan lists, for each scored token, the (row, position) whose hidden state predicts it.
 """
 
 from __future__ import annotations
@@ -13,48 +17,113 @@ import torch
 
 from prefalign.data.types import PairExample
 
+LAYOUTS = ("separate", "shared_prefix")
+
+
+@dataclass
+class Scoring:
+    """M scored tokens: hidden state at (row, pos) predicts ``target``; it is token ``slot`` of sequence ``seq``."""
+
+    row: torch.Tensor  # [M]
+    pos: torch.Tensor  # [M]
+    target: torch.Tensor  # [M]
+    seq: torch.Tensor  # [M]
+    slot: torch.Tensor  # [M]
+    num_seqs: int  # S (= 2B for pairs)
+    width: int  # T, the longest completion
+
+    def to(self, device) -> "Scoring":
+        return Scoring(self.row.to(device), self.pos.to(device), self.target.to(device), self.seq.to(device),
+                       self.slot.to(device), self.num_seqs, self.width)
+
 
 @dataclass
 class SeqBatch:
-    input_ids: torch.Tensor  # [N, L]
-    attention_mask: torch.Tensor  # [N, L] 1 on real tokens
-    completion_mask: torch.Tensor  # [N, L] 1 on completion tokens (the ones scored)
+    input_ids: torch.Tensor  # [R, L]
+    attention_mask: torch.Tensor  # [R, L] 1 on real tokens, or [R, 1, L, L] bool (True = may attend)
+    position_ids: torch.Tensor  # [R, L]
+    scoring: Scoring
     rows: list[int] = field(default_factory=list)  # source row of each pair (length B)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per declared field
-    ref_logps: torch.Tensor | None = None  # [N] cached reference log-probs, when precomputed
+    ref_logps: torch.Tensor | None = None  # [2B] cached reference log-probs, when precomputed
 
     @property
     def num_pairs(self) -> int:
-        return self.input_ids.shape[0] // 2
+        return self.scoring.num_seqs // 2
+
+    @property
+    def num_tokens(self) -> int:
+        """Real tokens in the forward pass (what the layout costs)."""
+        m = self.attention_mask
+        return int(m.sum()) if m.dim() == 2 else int(m[:, 0].diagonal(dim1=-2, dim2=-1).sum())
 
     def to(self, device) -> "SeqBatch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return SeqBatch(move(self.input_ids), move(self.attention_mask), move(self.completion_mask), self.rows,
-                        {k: move(v) for k, v in self.extras.items()}, move(self.ref_logps))
+        return SeqBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
+                        self.scoring.to(device), self.rows, {k: move(v) for k, v in self.extras.items()},
+                        move(self.ref_logps))
 
 
-def _pad(seqs: list[list[int]], value: int, length: int) -> torch.Tensor:
-    out = torch.full((len(seqs), length), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
-def collate_pairs(examples: list[PairExample], pad_id: int, pad_to_multiple_of: int | None = None) -> SeqBatch:
-    seqs = [e.prompt_ids + e.chosen_ids for e in examples] + [e.prompt_ids + e.rejected_ids for e in examples]
-    comp = [[0] * len(e.prompt_ids) + [1] * len(e.chosen_ids) for e in examples] + [
-        [0] * len(e.prompt_ids) + [1] * len(e.rejected_ids) for e in examples
-    ]
-    length = max(len(s) for s in seqs)
+def _build(rows: list[list[tuple[list[int], int, int]]], num_seqs: int, pad_id: int, mask_4d: bool,
+           pad_to_multiple_of: int | None) -> tuple:
+    """rows: per row, segments (ids, parent, seq): ``parent`` = index of the prompt segment in the row (−1 for a
+    prompt), ``seq`` = output sequence of a completion (−1 for a prompt)."""
+    length = max(sum(len(ids) for ids, _, _ in segs) for segs in rows)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    extras = {}
-    for key in examples[0].extras if examples else ():
-        extras[key] = torch.tensor([float(e.extras[key]) for e in examples], dtype=torch.float32)
-    return SeqBatch(
-        input_ids=_pad(seqs, pad_id, length),
-        attention_mask=_pad([[1] * len(s) for s in seqs], 0, length),
-        completion_mask=_pad(comp, 0, length),
-        rows=[e.row for e in examples],
-        extras=extras,
-    )
+    n = len(rows)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    pos_ids = torch.zeros((n, length), dtype=torch.long)
+    seg_of = torch.full((n, length), -1, dtype=torch.long)  # segment index per position (−1 = padding)
+    plan: list[tuple[int, int, int, int, int]] = []
+    parents: list[list[int]] = []
+    for r, segs in enumerate(rows):
+        start, spans = 0, []
+        for k, (ids, parent, seq) in enumerate(segs):
+            end = start + len(ids)
+            input_ids[r, start:end] = torch.tensor(ids, dtype=torch.long)
+            seg_of[r, start:end] = k
+            p_start, p_end = spans[parent] if parent >= 0 else (start, start)
+            offset = p_end - p_start  # positions continue after the prompt
+            pos_ids[r, start:end] = torch.arange(offset, offset + len(ids))
+            if seq >= 0:
+                for t, tok in enumerate(ids):  # token t is predicted by the position before it
+                    if t == 0 and p_end == p_start and parent >= 0 and start == p_end:
+                        continue  # empty prompt: nothing predicts the first token
+                    plan.append((r, (p_end - 1) if t == 0 else (start + t - 1), tok, seq, t))
+            spans.append((start, end))
+            start = end
+        parents.append([p for _, p, _ in segs])
+    plan_t = torch.tensor(plan, dtype=torch.long).reshape(-1, 5)
+    width = int(plan_t[:, 4].max()) + 1 if len(plan) else 0
+    scoring = Scoring(*plan_t.unbind(1), num_seqs=num_seqs, width=width)
+    if not mask_4d:
+        return input_ids, (seg_of >= 0).long(), pos_ids, scoring
+    # i may attend j iff j ≤ i and j is in i's segment or in its parent prompt segment.
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # [L, L]
+    masks = []
+    for r in range(n):
+        s = seg_of[r]
+        par = torch.tensor(parents[r] + [-1])[s]  # parent segment per position (−1 for prompts/padding)
+        visible = (s[:, None] == s[None, :]) | (par[:, None] == s[None, :])
+        masks.append(causal & visible & (s[:, None] >= 0) & (s[None, :] >= 0))
+    mask = torch.stack(masks)[:, None]  # [R, 1, L, L]
+    # A padding row attending to nothing makes softmax NaN; let padding see itself (never scored).
+    mask |= torch.eye(length, dtype=torch.bool)[None, None] & (seg_of < 0)[:, None, :, None]
+    return input_ids, mask, pos_ids, scoring
+
+
+def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separate",
+                  pad_to_multiple_of: int | None = None) -> SeqBatch:
+    b = len(examples)
+    if layout == "separate":
+        rows = [[(e.prompt_ids, -1, -1), (e.chosen_ids, 0, i)] for i, e in enumerate(examples)]
+        rows += [[(e.prompt_ids, -1, -1), (e.rejected_ids, 0, b + i)] for i, e in enumerate(examples)]
+    elif layout == "shared_prefix":
+        rows = [[(e.prompt_ids, -1, -1), (e.chosen_ids, 0, i), (e.rejected_ids, 0, b + i)]
+                for i, e in enumerate(examples)]
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    ids, mask, pos, scoring = _build(rows, 2 * b, pad_id, layout != "separate", pad_to_multiple_of)
+    extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
+    return SeqBatch(ids, mask, pos, scoring, [e.row for e in examples], extras)

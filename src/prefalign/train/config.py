@@ -62,8 +62,10 @@ class TrainConfig:
     num_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides num_epochs
     seed: int = 42
+    shuffle: bool = True  # false: examples in file order (e.g. to compare with another trainer step by step)
     disable_dropout: bool = True  # as TRL: dropout makes policy ≠ reference at step 0
     log_prob_chunk_size: int = 1024  # completion positions per LM-head chunk
+    layout: str = "shared_prefix"  # shared_prefix: prompt once per pair | separate: prompt+chosen, prompt+rejected
     # --- output, logging, checkpoints --------------------------------------------------------------------------
     output_dir: str = "outputs/run"
     overwrite: bool = False  # allow writing into a folder that holds a finished run
@@ -83,6 +85,7 @@ _CHOICES = {
     "reference": ("auto", "copy", "precompute", "none", "adapter"),
     "lr_scheduler": ("linear", "cosine", "constant"),
     "nan_policy": ("stop", "skip"),
+    "layout": ("separate", "shared_prefix"),
 }
 # Fields that do not change the result, so a resumed run may differ in them.
 RUN_CONTROL_FIELDS = {"resume", "overwrite", "progress", "report_to", "logging_steps", "save_total_limit",

@@ -34,12 +34,13 @@ from prefalign.train.setup import (FINISHED_MARKER, build_objective, check_outpu
                                    reference_kind)
 
 
-def stream_indices(step: int, global_batch: int, n: int, seed: int) -> list[int]:
+def stream_indices(step: int, global_batch: int, n: int, seed: int, shuffle: bool = True) -> list[int]:
     """Example indices for optimizer step ``step`` (see module docstring)."""
     out, pos = [], step * global_batch
     while len(out) < global_batch:
         epoch, offset = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        gen = torch.Generator().manual_seed(seed + epoch)
+        perm = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
         take = perm[offset : offset + global_batch - len(out)]
         out += take
         pos += len(take)
@@ -125,7 +126,7 @@ class Trainer:
         self.sched = sched  # stepped by us once per optimizer step (not wrapped: no per-process scaling)
 
     def _batch(self, idx: list[int], examples, offset: int = 0):
-        batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id)
+        batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout)
         if self.ref_kind == "precompute":
             vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
             batch.ref_logps = torch.cat([vals[:, 0], vals[:, 1]])  # [2b]
@@ -134,8 +135,7 @@ class Trainer:
     def _forward(self, batch, grad: bool = True):
         obj, cfg = self.objective, self.cfg
         with torch.set_grad_enabled(grad):
-            pol = sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                 cfg.log_prob_chunk_size, with_logsq=obj.needs_token_log_sum_sq)
+            pol = sequence_logps(self.model, batch, cfg.log_prob_chunk_size, with_logsq=obj.needs_token_log_sum_sq)
         ref_seq, ref_tok = self.reference.logps(batch, self.model, token_level=obj.needs_ref_token_logps)
         if self.ref_kind in ("copy", "adapter"):
             self.ref_forward_passes += 1
@@ -183,7 +183,8 @@ class Trainer:
 
     def _step(self, step: int, health: HealthMonitor) -> dict | None:
         cfg, acc = self.cfg, self.acc
-        idx = stream_indices(step, self.global_batch, len(self.examples), cfg.seed)
+        t0 = time.perf_counter()
+        idx = stream_indices(step, self.global_batch, len(self.examples), cfg.seed, cfg.shuffle)
         per_proc = len(idx) // acc.num_processes
         mine = idx[acc.process_index * per_proc : (acc.process_index + 1) * per_proc]
         micro = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
@@ -219,7 +220,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         maybe_fault("after_step", step + 1)
         metrics = {k: _mean_across(acc, v) for k, v in sums.items()}
-        metrics.update(grad_norm=grad_norm, lr=self.sched.get_last_lr()[0])
+        metrics.update(grad_norm=grad_norm, lr=self.sched.get_last_lr()[0], step_time=time.perf_counter() - t0)
         health.observe(step + 1, metrics["loss"], metrics["logps/chosen"])
         return metrics
 
