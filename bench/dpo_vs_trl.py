@@ -51,7 +51,7 @@ def make_assets(folder: Path, w: dict, steps: int, seed: int = 0) -> tuple[Path,
     LlamaForCausalLM(cfg).save_pretrained(model_dir)
     fast.save_pretrained(model_dir)
     rng = random.Random(seed)
-    words = lambda n: " ".join(f"w{rng.randrange(w['vocab'] - 2)}" for _ in range(n))  # noqa: E731
+    words = lambda n: " ".join(f"w{rng.randrange(w['vocab'] - 2)}" for _ in range(n))
     # Completions are one word short: the EOS both libraries append makes them `completion` tokens long.
     rows = [{"prompt": words(w["prompt"]), "chosen": " " + words(w["completion"] - 1),
              "rejected": " " + words(w["completion"] - 1)} for _ in range(w["pairs"] * steps)]

@@ -14,7 +14,7 @@ from prefalign.testing import tiny_model
 
 def _examples(vocab: int, lengths, seed: int = 0) -> list[PairExample]:
     g = torch.Generator().manual_seed(seed)
-    rand = lambda n: torch.randint(4, vocab, (n,), generator=g).tolist()  # noqa: E731
+    rand = lambda n: torch.randint(4, vocab, (n,), generator=g).tolist()
     return [PairExample(i + 1, rand(p), rand(c), rand(r)) for i, (p, c, r) in enumerate(lengths)]
 
 

@@ -32,7 +32,7 @@ class Scoring:
     num_seqs: int  # S (= 2B for pairs)
     width: int  # T, the longest completion
 
-    def to(self, device) -> "Scoring":
+    def to(self, device) -> Scoring:
         return Scoring(self.row.to(device), self.pos.to(device), self.target.to(device), self.seq.to(device),
                        self.slot.to(device), self.num_seqs, self.width)
 
@@ -57,8 +57,8 @@ class SeqBatch:
         m = self.attention_mask
         return int(m.sum()) if m.dim() == 2 else int(m[:, 0].diagonal(dim1=-2, dim2=-1).sum())
 
-    def to(self, device) -> "SeqBatch":
-        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    def to(self, device) -> SeqBatch:
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
         return SeqBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
                         self.scoring.to(device), self.rows, {k: move(v) for k, v in self.extras.items()},
                         move(self.ref_logps))

@@ -33,7 +33,7 @@ class TrainConfig:
     truncation: str = "keep_start"  # keep_start | keep_end
     skip_invalid: bool = False  # drop invalid rows (counted in the report) instead of stopping
     # --- objective ---------------------------------------------------------------------------------------------
-    objective: Union[str, list] = "dpo"  # a name, or a list of names combined with objective_weights
+    objective: str | list = "dpo"  # a name, or a list of names combined with objective_weights
     objective_weights: list | None = None
     beta: float = 0.1  # passed to every objective that has a beta
     objective_args: dict = field(default_factory=dict)  # other hyperparameters: {name: value} or {objective: {..}}
@@ -45,7 +45,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_target_modules: Union[str, list] = "all-linear"
+    lora_target_modules: str | list = "all-linear"
     merge_lora: bool = False  # also save the merged model under <output_dir>/merged
     # --- optimisation ------------------------------------------------------------------------------------------
     learning_rate: float = 1e-6  # TRL's DPO default

@@ -30,8 +30,13 @@ from prefalign.train.config import TrainConfig, save, to_dict
 from prefalign.train.faults import maybe_fault
 from prefalign.train.health import HealthMonitor
 from prefalign.train.logger import MetricsLogger
-from prefalign.train.setup import (FINISHED_MARKER, build_objective, check_output_dir, fresh_output_dir,
-                                   reference_kind)
+from prefalign.train.setup import (
+    FINISHED_MARKER,
+    build_objective,
+    check_output_dir,
+    fresh_output_dir,
+    reference_kind,
+)
 
 
 def stream_indices(step: int, global_batch: int, n: int, seed: int, shuffle: bool = True) -> list[int]:
