@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,14 +56,16 @@ def test_resume_after_kill_is_bitwise_identical(tiny_model_dir, tmp_path, fault)
 def test_two_processes_equal_one(tiny_model_dir, tmp_path):
     """accelerate launch --num_processes 2 (CPU, gloo) = one process with the same global batch."""
     data = write_pairs(tmp_path / "d.jsonl", n=16)
-    one = config(tiny_model_dir, data, tmp_path / "one", max_steps=2, batch_size=4)
-    two = config(tiny_model_dir, data, tmp_path / "two", max_steps=2, batch_size=2)
+    one = config(tiny_model_dir, data, tmp_path / "one", max_steps=2, batch_size=4, adam_epsilon=1e-4)
+    two = config(tiny_model_dir, data, tmp_path / "two", max_steps=2, batch_size=2, adam_epsilon=1e-4)
     save(one, tmp_path / "one.yaml")
     save(two, tmp_path / "two.yaml")
     _cli(tmp_path / "one.yaml")
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # On a CPU-only machine accelerate starts several processes only through its torchrun path (--multi_gpu).
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
           "-m", "prefalign", "train", "--config", str(tmp_path / "two.yaml")])
+    assert json.loads((tmp_path / "two" / "run_complete.json").read_text())["processes"] == 2
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "model.safetensors"))
     for k in a:

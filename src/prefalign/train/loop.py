@@ -72,7 +72,8 @@ def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, log=print):
         self.cfg, self.log = cfg, log
-        self.acc = accelerator or Accelerator()
+        # cpu=True on a machine without CUDA: accelerate then forms a gloo group when launched with several processes.
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.objective = build_objective(cfg)
         if self.objective.row_kind != "paired":
             raise UserError("config", f"objective '{self.objective.name}' uses {self.objective.row_kind} rows, "
@@ -127,7 +128,10 @@ class Trainer:
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
         sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
         self.warmup = warmup
-        self.model, self.opt = self.acc.prepare(model, opt)
+        # No DDP wrapper: log-probs call the model's body and head directly (not its forward), so gradients are
+        # averaged across processes explicitly after accumulation (``_sync_grads``), which is exact.
+        self.model = model.to(self.acc.device)
+        self.opt = self.acc.prepare_optimizer(opt, device_placement=True)
         self.sched = sched  # stepped by us once per optimizer step (not wrapped: no per-process scaling)
 
     def _batch(self, idx: list[int], examples, offset: int = 0):
@@ -198,22 +202,20 @@ class Trainer:
         for k, chunk in enumerate(micro):
             batch = self._batch(chunk, self.examples)
             rows += batch.rows
-            sync = k == len(micro) - 1
-            ctx = acc.no_sync(self.model) if not sync else _null()
-            with ctx:
-                out, pol, ref_seq = self._forward(batch)
-                if step == 0 and k == 0 and self.ref_kind in ("copy", "adapter"):
-                    self._check_reference(pol.seq_logps.detach(), ref_seq, pol.n_tokens)
-                # Each micro-batch's mean loss weighted by its share of the global batch: the gradient is the
-                # global-batch mean whatever the split (DDP averages over processes, hence × num_processes).
-                weight = len(chunk) * acc.num_processes / self.global_batch
-                acc.backward(out.loss * weight)
+            out, pol, ref_seq = self._forward(batch)
+            if step == 0 and k == 0 and self.ref_kind in ("copy", "adapter"):
+                self._check_reference(pol.seq_logps.detach(), ref_seq, pol.n_tokens)
+            # Each micro-batch's mean loss weighted by its share of the global batch: the gradient is the
+            # global-batch mean whatever the split (``_sync_grads`` averages over processes, hence × processes).
+            weight = len(chunk) * acc.num_processes / self.global_batch
+            acc.backward(out.loss * weight)
             b = batch.num_pairs
             for key, v in {"loss": out.loss.item(), **out.metrics,
                            "logps/chosen": (pol.seq_logps[:b] / pol.n_tokens[:b]).mean().item(),
                            "logps/rejected": (pol.seq_logps[b:] / pol.n_tokens[b:]).mean().item()}.items():
                 sums[key] = sums.get(key, 0.0) + v * len(chunk) / len(mine)
         maybe_fault("accumulated", step)
+        self._sync_grads()
         grad_norm = self._grad_norm()
         if not health.finite(sums["loss"], grad_norm):
             what = "loss" if not health.finite(sums["loss"]) else "gradient norm"
@@ -228,6 +230,17 @@ class Trainer:
         metrics.update(grad_norm=grad_norm, lr=self.sched.get_last_lr()[0], step_time=time.perf_counter() - t0)
         health.observe(step + 1, metrics["loss"], metrics["logps/chosen"])
         return metrics
+
+    def _sync_grads(self) -> None:
+        """Average gradients over processes: one flat all-reduce (every process holds the same parameters)."""
+        if self.acc.num_processes == 1:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= self.acc.num_processes
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = g.view_as(p).clone()
 
     def _grad_norm(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -270,7 +283,7 @@ class Trainer:
 
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            summary = {"steps": self.total_steps, "reference": self.ref_kind,
+            summary = {"steps": self.total_steps, "processes": self.acc.num_processes, "reference": self.ref_kind,
                        "reference_cache_hit": getattr(self, "ref_cache_hit", None),
                        "reference_forward_passes": self.ref_forward_passes, "nan_skipped": health.skipped,
                        "warnings": sorted(health.warned), **final}
@@ -285,14 +298,6 @@ def _mean_across(acc: Accelerator, value: float) -> float:
     if acc.num_processes == 1:
         return value
     return acc.gather(torch.tensor([value], device=acc.device)).mean().item()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def train(cfg: TrainConfig, log=print) -> Path:
