@@ -96,9 +96,9 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def _closest(key: str) -> str:
+def _closest(key: str, prefix: str = "") -> str:
     close = difflib.get_close_matches(key, field_names(), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -179,7 +179,8 @@ def parse_overrides(args: list[str]) -> dict:
         key, _, val = arg[2:].partition("=")
         key = key.replace("-", "_")
         if key not in field_names():
-            raise UserError("command line", f"unknown option '--{key}'{_closest(key)}", "see `prefalign train --help`")
+            raise UserError("command line", f"unknown option '--{key}'{_closest(key, '--')}",
+                            "see `prefalign train --help`")
         if not _:
             if i + 1 < len(args) and not args[i + 1].startswith("--"):
                 val, i = args[i + 1], i + 1
