@@ -62,7 +62,7 @@ def test_missing_file_and_unpaired_labels(tmp_path):
                  json.dumps({"prompt": "a", "completion": " c", "label": True}) + "\n")
     with pytest.raises(UserError) as e:
         load_rows(str(p), kind="unpaired")
-    assert e.value.details == ["%s:row 1: field 'label': expected a boolean (true/false), got str" % p]
+    assert e.value.details == [f"{p}:row 1: field 'label': expected a boolean (true/false), got str"]
     assert len(load_rows(str(p), kind="unpaired", skip_invalid=True).rows) == 1
 
 
