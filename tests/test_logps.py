@@ -56,15 +56,16 @@ def test_padding_invariance(tiny_tok):
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "simpo"])
-def test_shared_prefix_equals_separate_loss_and_gradients(tiny_tok, name):
-    """Prefix sharing is exact: same loss and same gradients (fp32, 1e-5) on rows of mixed lengths."""
+@pytest.mark.parametrize("layout,pack", [("shared_prefix", False), ("separate", True), ("shared_prefix", True)])
+def test_techniques_equal_plain_batches_loss_and_gradients(tiny_tok, name, layout, pack):
+    """Prefix sharing and packing are exact: same loss and gradients (fp32, 1e-5) on rows of mixed lengths."""
     exs = _examples(len(tiny_tok), MIXED + [(11, 1, 8)], seed=3)
     obj = objectives.get(name)
     ref_model = tiny_model(tiny_tok, seed=7).eval()
     results = []
-    for layout in ("separate", "shared_prefix"):
+    for lay, pk in (("separate", False), (layout, pack)):
         model = tiny_model(tiny_tok, seed=4)
-        batch = collate_pairs(exs, tiny_tok.pad_token_id, layout)
+        batch = collate_pairs(exs, tiny_tok.pad_token_id, lay, pack=pk)
         pol = sequence_logps(model, batch, chunk_size=4)
         with torch.no_grad():
             ref = sequence_logps(ref_model, batch).seq_logps
@@ -80,8 +81,12 @@ def test_shared_prefix_equals_separate_loss_and_gradients(tiny_tok, name):
     assert any(g.abs().sum() > 0 for g in ga.values())
 
 
-def test_shared_prefix_runs_fewer_tokens(tiny_tok):
-    exs = _examples(len(tiny_tok), [(50, 5, 5)] * 2)
+def test_shared_prefix_runs_fewer_tokens_and_packing_has_no_padding(tiny_tok):
+    exs = _examples(len(tiny_tok), [(50, 5, 5), (10, 3, 2)])
     sep = collate_pairs(exs, tiny_tok.pad_token_id, "separate")
     shr = collate_pairs(exs, tiny_tok.pad_token_id, "shared_prefix")
-    assert sep.num_tokens == 2 * 110 and shr.num_tokens == 2 * 60
+    assert sep.num_tokens == 2 * 55 + 13 + 12 and shr.num_tokens == 60 + 15
+    packed = collate_pairs(exs, tiny_tok.pad_token_id, "shared_prefix", pack=True)
+    assert packed.input_ids.shape == (1, 75) and packed.num_tokens == 75
+    assert packed.position_ids[0, 55:60].tolist() == [50, 51, 52, 53, 54]  # rejected restarts after the prompt
+    assert packed.position_ids[0, 60:63].tolist() == [0, 1, 2]  # the next pair starts over

@@ -4,6 +4,8 @@
 ``shared_prefix``: B rows, each ``prompt | chosen | rejected``; a 4D attention mask lets each completion see the
 prompt and itself but not the other completion, and the rejected positions restart where the prompt ends. The
 prompt runs once per pair and gets gradients from both completions; log-probs are identical to ``separate``.
+``pack=True`` (padding-free): all rows of the layout are concatenated into one row with a block mask and
+position ids restarting per sequence, so no compute is spent on padding.
 
 Whatever the layout, output sequence s ∈ [0, 2B) is chosen of pair s (s < B) or rejected of pair s − B, and the
 scoring plan lists, for each scored token, the (row, position) whose hidden state predicts it.
@@ -43,6 +45,7 @@ class SeqBatch:
     attention_mask: torch.Tensor  # [R, L] 1 on real tokens, or [R, 1, L, L] bool (True = may attend)
     position_ids: torch.Tensor  # [R, L]
     scoring: Scoring
+    real: torch.Tensor | None = None  # [R, L] 1 on real tokens (0 on padding)
     rows: list[int] = field(default_factory=list)  # source row of each pair (length B)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per declared field
     ref_logps: torch.Tensor | None = None  # [2B] cached reference log-probs, when precomputed
@@ -54,14 +57,13 @@ class SeqBatch:
     @property
     def num_tokens(self) -> int:
         """Real tokens in the forward pass (what the layout costs)."""
-        m = self.attention_mask
-        return int(m.sum()) if m.dim() == 2 else int(m[:, 0].diagonal(dim1=-2, dim2=-1).sum())
+        return int(self.real.sum())
 
     def to(self, device) -> SeqBatch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
         return SeqBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
-                        self.scoring.to(device), self.rows, {k: move(v) for k, v in self.extras.items()},
-                        move(self.ref_logps))
+                        self.scoring.to(device), move(self.real), self.rows,
+                        {k: move(v) for k, v in self.extras.items()}, move(self.ref_logps))
 
 
 def _build(rows: list[list[tuple[list[int], int, int]]], num_seqs: int, pad_id: int, mask_4d: bool,
@@ -97,8 +99,9 @@ def _build(rows: list[list[tuple[list[int], int, int]]], num_seqs: int, pad_id: 
     plan_t = torch.tensor(plan, dtype=torch.long).reshape(-1, 5)
     width = int(plan_t[:, 4].max()) + 1 if len(plan) else 0
     scoring = Scoring(*plan_t.unbind(1), num_seqs=num_seqs, width=width)
+    real = (seg_of >= 0).long()  # [R, L]
     if not mask_4d:
-        return input_ids, (seg_of >= 0).long(), pos_ids, scoring
+        return input_ids, real, pos_ids, scoring, real
     # i may attend j iff j ≤ i and j is in i's segment or in its parent prompt segment.
     causal = torch.ones(length, length, dtype=torch.bool).tril()  # [L, L]
     masks = []
@@ -110,10 +113,19 @@ def _build(rows: list[list[tuple[list[int], int, int]]], num_seqs: int, pad_id: 
     mask = torch.stack(masks)[:, None]  # [R, 1, L, L]
     # A padding row attending to nothing makes softmax NaN; let padding see itself (never scored).
     mask |= torch.eye(length, dtype=torch.bool)[None, None] & (seg_of < 0)[:, None, :, None]
-    return input_ids, mask, pos_ids, scoring
+    return input_ids, mask, pos_ids, scoring, real
 
 
-def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separate",
+def _pack(rows: list[list[tuple[list[int], int, int]]]) -> list[list[tuple[list[int], int, int]]]:
+    """One row holding every segment; parent indices shifted to the packed row."""
+    packed: list[tuple[list[int], int, int]] = []
+    for segs in rows:
+        base = len(packed)
+        packed += [(ids, parent + base if parent >= 0 else -1, seq) for ids, parent, seq in segs]
+    return [packed]
+
+
+def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separate", pack: bool = False,
                   pad_to_multiple_of: int | None = None) -> SeqBatch:
     b = len(examples)
     if layout == "separate":
@@ -124,6 +136,8 @@ def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separ
                 for i, e in enumerate(examples)]
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
-    ids, mask, pos, scoring = _build(rows, 2 * b, pad_id, layout != "separate", pad_to_multiple_of)
+    if pack:
+        rows = _pack(rows)
+    ids, mask, pos, scoring, real = _build(rows, 2 * b, pad_id, layout != "separate" or pack, pad_to_multiple_of)
     extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
-    return SeqBatch(ids, mask, pos, scoring, [e.row for e in examples], extras)
+    return SeqBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras)

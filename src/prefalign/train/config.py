@@ -66,6 +66,8 @@ class TrainConfig:
     disable_dropout: bool = True  # as TRL: dropout makes policy ≠ reference at step 0
     log_prob_chunk_size: int = 1024  # completion positions per LM-head chunk
     layout: str = "shared_prefix"  # shared_prefix: prompt once per pair | separate: prompt+chosen, prompt+rejected
+    pack: bool = False  # padding-free: a micro-batch's sequences in one row with a block mask
+    memory_probe: bool = True  # run the longest micro-batch once before training, so out-of-memory shows at once
     # --- output, logging, checkpoints --------------------------------------------------------------------------
     output_dir: str = "outputs/run"
     overwrite: bool = False  # allow writing into a folder that holds a finished run

@@ -135,7 +135,7 @@ class Trainer:
         self.sched = sched  # stepped by us once per optimizer step (not wrapped: no per-process scaling)
 
     def _batch(self, idx: list[int], examples, offset: int = 0):
-        batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout)
+        batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout, self.cfg.pack)
         if self.ref_kind == "precompute":
             vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
             batch.ref_logps = torch.cat([vals[:, 0], vals[:, 1]])  # [2b]
@@ -169,6 +169,15 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not (cfg.progress and
                    acc.is_main_process), dynamic_ncols=True)
         self.model.train()
+        if cfg.memory_probe and start < self.total_steps:
+            from prefalign.train import memory
+
+            if acc.is_main_process:
+                self.log(memory.estimate(self.model, self.examples, cfg, self.ref_kind == "copy"))
+            self.ref_forward_passes -= self.ref_kind in ("copy", "adapter")  # the probe's is not a training pass
+            msg = memory.probe(self)
+            if acc.is_main_process:
+                self.log(msg)
         try:
             for step in range(start, self.total_steps):
                 metrics = self._step(step, health)

@@ -12,14 +12,14 @@ from prefalign.reference import cache_path, fingerprint, load_cache, save_cache
 
 @torch.no_grad()
 def compute_all(model, tokenizer, examples, batch_size: int, chunk_size: int, device, progress: bool,
-                layout: str = "separate"):
+                layout: str = "separate", pack: bool = False):
     """[len(examples), 2] summed log-probs (chosen, rejected) under ``model`` as it is now."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(examples), 2)
     for s in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", disable=not progress):
         part = examples[s : s + batch_size]
-        b = collate_pairs(part, tokenizer.pad_token_id, layout).to(device)
+        b = collate_pairs(part, tokenizer.pad_token_id, layout, pack).to(device)
         lp = sequence_logps(model, b, chunk_size).seq_logps
         out[s : s + len(part), 0] = lp[: len(part)].float().cpu()
         out[s : s + len(part), 1] = lp[len(part) :].float().cpu()
@@ -35,7 +35,7 @@ def reference_logps(acc, model, tokenizer, examples, cfg, cache_dir: str, log):
     if not hit and acc.is_main_process:
         model.to(acc.device)
         values = compute_all(model, tokenizer, examples, cfg.batch_size, cfg.log_prob_chunk_size, acc.device,
-                             cfg.progress, cfg.layout)
+                             cfg.progress, cfg.layout, cfg.pack)
         save_cache(path, values)
     acc.wait_for_everyone()
     log(f"reference log-probs: {'cache hit' if hit else 'computed and cached'} ({path})")

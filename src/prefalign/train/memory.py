@@ -1,0 +1,54 @@
+"""Before training: a memory estimate, and one forward/backward on the longest micro-batch (the probe), so an
+out-of-memory happens at once rather than hours in. The probe's gradients are discarded and the RNG restored, so
+the run is unchanged by it."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+from prefalign.data import collate_pairs
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def longest(examples, k: int) -> list[int]:
+    size = lambda e: len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids)  # noqa: E731
+    return sorted(range(len(examples)), key=lambda i: -size(examples[i]))[:k]
+
+
+def estimate(model, examples, cfg, ref_copy: bool) -> str:
+    """Parameters, gradients, AdamW state, a reference copy, activations of the longest micro-batch."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    elem = next(model.parameters()).element_size()
+    batch = collate_pairs([examples[i] for i in longest(examples, cfg.batch_size)], 0, cfg.layout, cfg.pack)
+    c = model.config
+    h, inter, layers = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size), c.num_hidden_layers
+    # ≈ what autograd keeps per token and layer: norms, q/k/v/o, attention output, 3 MLP projections.
+    acts = batch.num_tokens * layers * (10 * h + 4 * inter) * elem
+    head = min(cfg.log_prob_chunk_size, batch.scoring.target.numel()) * c.vocab_size * 4 * 3
+    parts = {"parameters": params, "gradients": trainable * elem, "AdamW state": trainable * 8,
+             "reference copy": params if ref_copy else 0, "activations (longest batch)": acts, "LM-head chunk": head}
+    total = sum(parts.values())
+    return "memory estimate: " + ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v) + f"; total ≈ {_gib(total)}"
+
+
+def probe(trainer) -> str:
+    """Forward + backward on the longest micro-batch; gradients dropped, RNG restored."""
+    rng = torch.get_rng_state()
+    cuda = torch.cuda.is_available() and trainer.acc.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    idx = longest(trainer.examples, trainer.cfg.batch_size)
+    batch = trainer._batch(idx, trainer.examples)
+    out, _, _ = trainer._forward(batch)
+    out.loss.backward()
+    trainer.opt.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    where = "GPU memory" if cuda else "process memory (RSS)"
+    return f"longest batch ({batch.num_tokens} tokens) ran: peak {where} {_gib(peak)}"
