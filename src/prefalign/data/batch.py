@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefalign.data.types import PairExample
+from prefalign.data.types import PairExample, PointExample
 
 LAYOUTS = ("separate", "shared_prefix")
 
@@ -141,3 +141,46 @@ def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separ
     ids, mask, pos, scoring, real = _build(rows, 2 * b, pad_id, layout != "separate" or pack, pad_to_multiple_of)
     extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
     return SeqBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras)
+
+
+@dataclass
+class PointBatch(SeqBatch):
+    """A batch of B unpaired examples: sequence i < B is prompt_i + completion_i; with ``mismatched``, sequence
+    B + i is prompt_i + completion_{i−1 mod B} (TRL KTO's KL pairs)."""
+
+    labels: torch.Tensor | None = None  # [B] bool
+    num_points: int = 0
+
+    @property
+    def num_pairs(self) -> int:  # what the pair-oriented code reads as "rows of the batch"
+        return self.num_points
+
+    def to(self, device) -> PointBatch:
+        base = SeqBatch.to(self, device)
+        return PointBatch(**{f: getattr(base, f) for f in SeqBatch.__dataclass_fields__},
+                          labels=None if self.labels is None else self.labels.to(device), num_points=self.num_points)
+
+
+def collate_points(examples: list[PointExample], pad_id: int, layout: str = "separate", pack: bool = False,
+                   pad_to_multiple_of: int | None = None, mismatched: bool = False) -> PointBatch:
+    """Point-wise examples through the same segment builder as pairs: one (prompt, completion) per example, plus,
+    with ``mismatched``, (prompt_i, completion_{i−1}) as sequence B + i. ``shared_prefix`` puts both completions of
+    prompt i in one row (as for pairs); ``separate`` gives each sequence its own row."""
+    b = len(examples)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    prev = [examples[(i - 1) % b].completion_ids for i in range(b)]
+    if layout == "shared_prefix":
+        rows = [[(e.prompt_ids, -1, -1), (e.completion_ids, 0, i)] + ([(prev[i], 0, b + i)] if mismatched else [])
+                for i, e in enumerate(examples)]
+    else:
+        rows = [[(e.prompt_ids, -1, -1), (e.completion_ids, 0, i)] for i, e in enumerate(examples)]
+        if mismatched:
+            rows += [[(e.prompt_ids, -1, -1), (prev[i], 0, b + i)] for i, e in enumerate(examples)]
+    if pack:
+        rows = _pack(rows)
+    num_seqs = 2 * b if mismatched else b
+    ids, mask, pos, scoring, real = _build(rows, num_seqs, pad_id, layout != "separate" or pack, pad_to_multiple_of)
+    extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
+    labels = torch.tensor([bool(e.label) for e in examples], dtype=torch.bool)
+    return PointBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras, labels=labels, num_points=b)

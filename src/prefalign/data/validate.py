@@ -1,0 +1,215 @@
+"""Validating rows of TRL's formats before any model is loaded; every problem is one line naming row and field.
+
+Paired rows: ``prompt``, ``chosen``, ``rejected`` — all plain strings, or all lists of chat messages
+(``{role, content}``); or the implicit-prompt form: no ``prompt``, and ``chosen``/``rejected`` conversations that
+share their leading turns and differ only in their final assistant turn(s) (the shared turns become the prompt,
+like TRL's ``extract_prompt``). Unpaired rows: ``prompt``, ``completion``, ``label`` (a JSON boolean). Unknown
+columns are ignored, as in TRL; numeric fields the objective declares (e.g. ``pref_prob``) must be finite numbers.
+Problems read ``path:row N: field 'x': what is wrong``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prefalign.data.io import read_table
+from prefalign.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+KINDS = ("paired", "unpaired")
+MAX_SHOWN = 20  # problems listed in the error; the count covers all of them
+Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --skip-invalid
+
+
+@dataclass
+class Rows:
+    path: str
+    kind: str  # "paired" | "unpaired"
+    rows: list[dict]  # normalised: prompt/chosen/rejected (or prompt/completion/label), "_row", declared extras
+    skipped: dict[str, int] = field(default_factory=dict)  # problem kind → rows dropped by --skip-invalid
+
+    @property
+    def read(self) -> int:
+        """Rows in the source: each skipped row is counted once, under its first problem."""
+        return len(self.rows) + sum(self.skipped.values())
+
+
+def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (), skip_invalid: bool = False) -> Rows:
+    """Read and validate every row; bad rows raise one UserError listing the first 20 problems (or are skipped)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    raw, unreadable = read_table(path)
+    found: list[tuple[int, str, str]] = list(unreadable)  # (row, kind, message)
+    bad_kinds = [kind_ for _, kind_, _ in unreadable]  # one entry per bad row: the kind of its first problem
+    rows = []
+    for number, row in raw:
+        norm, problems = check_row(f"{path}:row {number}", row, kind, extra_fields)
+        if problems:
+            found += [(number, *p) for p in problems]
+            bad_kinds.append(problems[0][0])
+        else:
+            rows.append({**norm, "_row": number})
+    if found and not skip_invalid:
+        found.sort(key=lambda p: p[0])  # stable: a row's problems keep their order
+        n = len(bad_kinds)
+        more = f" ({len(found)} problems, the first {MAX_SHOWN} listed)" if len(found) > MAX_SHOWN else ""
+        raise UserError(path, f"{n} invalid row{'s' if n != 1 else ''}{more}", "fix them or pass --skip-invalid",
+                        details=[msg for _, _, msg in found[:MAX_SHOWN]])
+    if not rows:
+        raise UserError(path, "no valid rows", "fix the rows (run without --skip-invalid to list the problems)")
+    return Rows(path, kind, rows, dict(Counter(bad_kinds)))
+
+
+def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = ()) -> tuple[dict, list[Problem]]:
+    """The normalised row (only meaningful without problems) and its problems."""
+    norm, problems = (check_paired if kind == "paired" else check_unpaired)(where, row)
+    extras, extra_problems = check_extras(where, row, extra_fields)
+    return {**norm, **extras}, problems + extra_problems
+
+
+def check_paired(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    problems = _present(where, "chosen", chosen) + _present(where, "rejected", rejected)
+    prompt = row.get("prompt")
+    if prompt is None:  # the implicit-prompt form
+        if problems:
+            return {}, problems
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            return {}, [("missing field", f"{where}: field 'prompt': missing (only conversations may leave the "
+                         "prompt implicit)")]
+        problems = _messages(where, "chosen", chosen) + _messages(where, "rejected", rejected)
+        if problems:
+            return {}, problems
+        prompt, chosen, rejected, problems = _extract_prompt(where, chosen, rejected)
+        if problems:
+            return {}, problems
+    else:
+        problems = _present(where, "prompt", prompt) + problems
+        if problems:
+            return {}, problems
+        problems = _prompt(where, prompt)
+    problems += _completion(where, "chosen", chosen, prompt) + _completion(where, "rejected", rejected, prompt)
+    if not problems and chosen == rejected:
+        problems.append(("identical", f"{where}: field 'chosen': identical to 'rejected'"))
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, problems
+
+
+def check_unpaired(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    prompt, completion, label = row.get("prompt"), row.get("completion"), row.get("label")
+    problems = _present(where, "prompt", prompt) + _present(where, "completion", completion)
+    if label is None:
+        problems.append(("missing field", f"{where}: field 'label': missing"))
+    elif not isinstance(label, bool):  # "true", 1, 0 are refused: a typo must not silently flip a label
+        problems.append(("wrong type", f"{where}: field 'label': expected a boolean, got {type(label).__name__}"))
+    if not problems:
+        problems = _prompt(where, prompt) + _completion(where, "completion", completion, prompt)
+    return {"prompt": prompt, "completion": completion, "label": label}, problems
+
+
+def check_extras(where: str, row: dict, names: tuple[str, ...]) -> tuple[dict[str, float], list[Problem]]:
+    values, problems = {}, []
+    for name in names:
+        v = row.get(name)
+        if v is None:
+            problems.append(("missing field", f"{where}: field '{name}': missing"))
+            continue
+        try:  # bool is an int in Python, but true/false is not a probability or a score
+            number = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        except OverflowError:  # a JSON integer too large for a float
+            number = math.inf
+        if number is None or not math.isfinite(number):
+            got = type(v).__name__ if number is None else repr(v)[:40]
+            problems.append(("wrong type", f"{where}: field '{name}': expected a finite number, got {got}"))
+        else:
+            values[name] = number
+    return values, problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _present(where: str, name: str, v) -> list[Problem]:
+    if v is None:
+        return [("missing field", f"{where}: field '{name}': missing")]
+    if not isinstance(v, (str, list)):
+        return [("wrong type", f"{where}: field '{name}': expected a string or a list of messages, "
+                 f"got {type(v).__name__}")]
+    return _unicode(where, name, v) if isinstance(v, str) else []
+
+
+def _unicode(where: str, name: str, text: str, what: str = "") -> list[Problem]:
+    """JSON escapes can smuggle in lone surrogates ("\\ud800"), which no tokenizer accepts."""
+    try:
+        text.encode("utf-8")
+        return []
+    except UnicodeEncodeError:
+        return [("bad text", f"{where}: field '{name}': {what}not valid Unicode (a lone surrogate escape)")]
+
+
+def _prompt(where: str, prompt) -> list[Problem]:
+    return _messages(where, "prompt", prompt) if isinstance(prompt, list) else []
+
+
+def _completion(where: str, name: str, v, prompt) -> list[Problem]:
+    """A completion is of the prompt's kind (TRL renders both with one template, or neither) and is not blank."""
+    if isinstance(v, list) != isinstance(prompt, list):
+        want, got = ("a list of messages", "a string") if isinstance(prompt, list) else ("a string", "a list")
+        return [("wrong type", f"{where}: field '{name}': expected {want} like 'prompt', got {got}")]
+    if isinstance(v, str):
+        return [] if v.strip() else [("empty", f"{where}: field '{name}': empty or whitespace-only completion")]
+    problems = _messages(where, name, v)
+    if problems:
+        return problems
+    if isinstance(prompt, list) and prompt and v[: len(prompt)] == prompt:  # a whole conversation given as the completion
+        return [("repeats prompt", f"{where}: field '{name}': starts with the prompt's turns, which would appear "
+                 "twice; keep only the reply (or drop 'prompt' to use the implicit-prompt form)")]
+    assistant = [m["content"] for m in v if m["role"] == "assistant"]
+    if not assistant:
+        return [("no assistant turn", f"{where}: field '{name}': has no assistant turn")]
+    if not any(c.strip() for c in assistant):
+        return [("empty", f"{where}: field '{name}': empty or whitespace-only completion")]
+    return []
+
+
+def _messages(where: str, name: str, msgs: list) -> list[Problem]:
+    if not msgs:
+        return [("empty", f"{where}: field '{name}': empty list of messages")]
+    out: list[Problem] = []
+    for i, m in enumerate(msgs, start=1):
+        if not isinstance(m, dict):
+            out.append(("bad message", f"{where}: field '{name}': message {i} is not an object with role and "
+                        f"content, got {type(m).__name__}"))
+            continue
+        for key in ("role", "content"):
+            if m.get(key) is None:
+                out.append(("bad message", f"{where}: field '{name}': message {i} has no '{key}'"))
+        role, content = m.get("role"), m.get("content")
+        if role is not None and role not in ROLES:
+            out.append(("unknown role", f"{where}: field '{name}': message {i} has unknown role {role!r} "
+                        f"(known: {', '.join(ROLES)})"))
+        if content is not None and not isinstance(content, str):
+            out.append(("wrong type", f"{where}: field '{name}': message {i} content must be a string, "
+                        f"got {type(content).__name__}"))
+        elif content is not None:
+            out += _unicode(where, name, content, f"message {i} content is ")
+    return out
+
+
+def _extract_prompt(where: str, chosen: list, rejected: list):
+    """(prompt, chosen, rejected, problems): the shared leading turns are the prompt, like TRL's extract_prompt."""
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    if chosen == rejected:
+        return None, chosen, rejected, [("identical", f"{where}: field 'chosen': identical to 'rejected'")]
+    for name, v in (("chosen", chosen), ("rejected", rejected)):
+        if k == len(v):
+            other = "rejected" if name == "chosen" else "chosen"
+            return None, chosen, rejected, [("empty", f"{where}: field '{name}': has no turns after those it "
+                                             f"shares with '{other}' (an implicit prompt needs a completion)")]
+    if k == 0 or any(m["role"] != "assistant" for m in chosen[k:] + rejected[k:]):
+        return None, chosen, rejected, [("differ before last turn", f"{where}: field 'chosen': 'chosen' and "
+                                         f"'rejected' differ before their last turn (at turn {k + 1}); without a "
+                                         "'prompt' field they must share every turn but the final assistant "
+                                         "turn(s)")]
+    return chosen[:k], chosen[k:], rejected[k:], []
