@@ -4,7 +4,7 @@
 >>> obj = objectives.get("dpo", beta=0.1)
 """
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, reward_metrics
+from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, PointLogps, reward_metrics
 from prefalign.objectives.combine import Combined, combine
 from prefalign.objectives.registry import get, get_class, hparam_names, names, register
 
@@ -13,6 +13,7 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "PairLogps",
+    "PointLogps",
     "combine",
     "get",
     "get_class",

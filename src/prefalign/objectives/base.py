@@ -56,6 +56,32 @@ class PairLogps:
 
 
 @dataclass
+class PointLogps:
+    """Log-probs for a batch of B unpaired (point-wise) examples: one completion each, labelled desirable or not.
+
+    ``kl_policy`` / ``kl_ref`` are the log-probs of *mismatched* completions (prompt i with the completion of
+    example i − 1, TRL's KTO "KL dataset"), provided only when the objective sets ``needs_mismatched``.
+    """
+
+    policy: torch.Tensor  # [B] summed log π_θ(y|x)
+    label: torch.Tensor  # [B] bool: True = desirable (thumbs up)
+    ref: torch.Tensor | None = None  # [B] summed log π_ref(y|x); None for reference-free objectives
+    tokens: torch.Tensor | None = None  # [B] completion token counts
+    kl_policy: torch.Tensor | None = None  # [B] log π_θ(y_{i−1}|x_i), mismatched pairs
+    kl_ref: torch.Tensor | None = None  # [B] log π_ref(y_{i−1}|x_i)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = torch.ones_like(self.policy)
+        self.label = self.label.bool()
+
+    @property
+    def batch_size(self) -> int:
+        return self.policy.shape[0]
+
+
+@dataclass
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar: the mean of ``per_example`` unless the objective says otherwise
     per_example: torch.Tensor  # [B]

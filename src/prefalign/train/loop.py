@@ -20,10 +20,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from prefalign.data import collate_pairs, encode_rows, load_rows
+from prefalign.data.batch import collate_points
 from prefalign.errors import UserError
 from prefalign.logps import sequence_logps
 from prefalign.model import add_lora, disable_dropout, load_model, load_tokenizer
-from prefalign.objectives import PairLogps
+from prefalign.objectives import PairLogps, PointLogps
 from prefalign.reference import Reference
 from prefalign.train import checkpoint as ckpt
 from prefalign.train import precompute
@@ -70,21 +71,47 @@ def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
     return pair
 
 
+def to_point_logps(pol, ref_seq, batch) -> PointLogps:
+    """PointLogps of a ``collate_points`` batch: sequences [0, B) are the rows, [B, 2B) the mismatched pairs."""
+    b = batch.num_points
+    mism = pol.seq_logps.shape[0] > b
+    return PointLogps(
+        policy=pol.seq_logps[:b], label=batch.labels, ref=None if ref_seq is None else ref_seq[:b],
+        tokens=pol.n_tokens[:b].float(), kl_policy=pol.seq_logps[b:] if mism else None,
+        kl_ref=None if (ref_seq is None or not mism) else ref_seq[b:], extras=batch.extras,
+    )
+
+
+def _logp_metrics(pol, batch) -> dict[str, float]:
+    """Mean per-token log-prob of chosen and rejected completions (unpaired: desirable and undesirable rows)."""
+    b = batch.num_pairs
+    avg = pol.seq_logps.detach() / pol.n_tokens.clamp(min=1)
+    lab = getattr(batch, "labels", None)  # PointBatch only
+    if lab is None:
+        return {"logps/chosen": avg[:b].mean().item(), "logps/rejected": avg[b:].mean().item()}
+    mean = lambda m: (avg[:b][m].sum() / m.sum().clamp(min=1)).item()  # noqa: E731
+    return {"logps/chosen": mean(lab), "logps/rejected": mean(~lab)}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, log=print):
         self.cfg, self.log = cfg, log
         # cpu=True on a machine without CUDA: accelerate then forms a gloo group when launched with several processes.
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.objective = build_objective(cfg)
-        if self.objective.row_kind != "paired":
-            raise UserError("config", f"objective '{self.objective.name}' uses {self.objective.row_kind} rows, "
-                            "which `prefalign train` does not support yet", "use a paired objective")
+        self.row_kind = self.objective.row_kind
+        if self.row_kind not in ("paired", "unpaired"):
+            raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, "
+                            "which `prefalign train` does not support yet", "use a paired or unpaired objective")
         self.ref_kind = reference_kind(cfg, self.objective)
+        if self.row_kind == "unpaired" and self.ref_kind == "precompute":
+            raise UserError("config", f"objective '{self.objective.name}' uses unpaired rows, whose reference "
+                            "log-probs reference: precompute does not cache yet", "use reference: copy or adapter")
         self.out = check_output_dir(cfg)
         # Data first: every bad row is reported before any model is loaded.
-        rows = load_rows(cfg.data, kind="paired", extra_fields=self.objective.extra_fields,
+        rows = load_rows(cfg.data, kind=self.row_kind, extra_fields=self.objective.extra_fields,
                          skip_invalid=cfg.skip_invalid)
-        eval_rows = (load_rows(cfg.eval_data, kind="paired", extra_fields=self.objective.extra_fields,
+        eval_rows = (load_rows(cfg.eval_data, kind=self.row_kind, extra_fields=self.objective.extra_fields,
                                skip_invalid=cfg.skip_invalid) if cfg.eval_data else None)
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
         examples, self.report = encode_rows(rows, self.tokenizer, cfg.max_length, cfg.truncation)
@@ -136,6 +163,10 @@ class Trainer:
         self.sched = sched  # stepped by us once per optimizer step (not wrapped: no per-process scaling)
 
     def _batch(self, idx: list[int], examples, offset: int = 0):
+        if self.row_kind == "unpaired":
+            return collate_points([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout,
+                                  self.cfg.pack, mismatched=bool(getattr(self.objective, "needs_mismatched", False))
+                                  ).to(self.acc.device)
         batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout, self.cfg.pack)
         if self.ref_kind == "precompute":
             vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
@@ -149,6 +180,8 @@ class Trainer:
         ref_seq, ref_tok = self.reference.logps(batch, self.model, token_level=obj.needs_ref_token_logps)
         if self.ref_kind in ("copy", "adapter"):
             self.ref_forward_passes += 1
+        if self.row_kind == "unpaired":
+            return obj(to_point_logps(pol, ref_seq, batch)), pol, ref_seq
         return obj(to_pair_logps(pol, ref_seq, ref_tok, batch)), pol, ref_seq
 
     # ---------------------------------------------------------------------------------------------------------
@@ -226,10 +259,7 @@ class Trainer:
             # global-batch mean whatever the split (``_sync_grads`` averages over processes, hence × processes).
             weight = len(chunk) * acc.num_processes / self.global_batch
             acc.backward(out.loss * weight)
-            b = batch.num_pairs
-            for key, v in {"loss": out.loss.item(), **out.metrics,
-                           "logps/chosen": (pol.seq_logps[:b] / pol.n_tokens[:b]).mean().item(),
-                           "logps/rejected": (pol.seq_logps[b:] / pol.n_tokens[b:]).mean().item()}.items():
+            for key, v in {"loss": out.loss.item(), **out.metrics, **_logp_metrics(pol, batch)}.items():
                 sums[key] = sums.get(key, 0.0) + v * len(chunk) / len(mine)
         maybe_fault("accumulated", step)
         self._sync_grads()

@@ -8,7 +8,8 @@ import resource
 
 import torch
 
-from prefalign.data import collate_pairs
+from prefalign.data import PointExample, collate_pairs
+from prefalign.data.batch import collate_points
 
 
 def _gib(n: float) -> str:
@@ -16,7 +17,8 @@ def _gib(n: float) -> str:
 
 
 def longest(examples, k: int) -> list[int]:
-    size = lambda e: len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids)  # noqa: E731
+    size = lambda e: len(e.prompt_ids) + sum(len(getattr(e, f, ())) for f in ("chosen_ids", "rejected_ids",  # noqa: E731
+                                                                         "completion_ids"))
     return sorted(range(len(examples)), key=lambda i: -size(examples[i]))[:k]
 
 
@@ -25,7 +27,8 @@ def estimate(model, examples, cfg, ref_copy: bool) -> str:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     elem = next(model.parameters()).element_size()
-    batch = collate_pairs([examples[i] for i in longest(examples, cfg.batch_size)], 0, cfg.layout, cfg.pack)
+    collate = collate_points if examples and isinstance(examples[0], PointExample) else collate_pairs
+    batch = collate([examples[i] for i in longest(examples, cfg.batch_size)], 0, cfg.layout, cfg.pack)
     c = model.config
     h, inter, layers = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size), c.num_hidden_layers
     # ≈ what autograd keeps per token and layer: norms, q/k/v/o, attention output, 3 MLP projections.

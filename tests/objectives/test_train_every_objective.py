@@ -1,0 +1,73 @@
+"""Every registered objective trains through `prefalign train`'s loop on a tiny model (CPU, fp32).
+
+Per objective: the loss is finite at every step, it changes, and the objective's margin metric rises on a learnable
+set (chosen = a positive sentence, rejected = a negative one; unpaired rows: the same sentences labelled
+desirable / undesirable; ``pref_prob`` rows for objectives that declare it). Few steps, so this is a wiring test
+(right rows, right container, right gradient sign), not a convergence test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from tests.train.helpers import ITEMS, config, read_metrics, write_pairs
+
+from prefalign import objectives as O
+from prefalign.train.loop import train
+
+# Hyperparameters that make a few steps of a tiny model move visibly (the defaults are tuned for real models);
+# objectives not listed get beta = 0.5 when they have one.
+OVERRIDES = {"simpo": {"beta": 2.0}, "bonbon": {"alpha": 0.5}}
+# The metric that must rise (else rewards/margins); "-nll" means nll must fall.
+METRIC = {"sft": "-nll"}
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def write_points(path, n: int = 8):
+    rows = []
+    for i in range(n):
+        item = ITEMS[i % len(ITEMS)]
+        prompt = f"Write one sentence about a {item} number {i}."
+        good = i % 2 == 0
+        completion = f" The {item} is good and nice." if good else f" The {item} is bad and sad."
+        rows.append({"prompt": prompt, "completion": completion, "label": good})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_data(path, obj):
+    if obj.row_kind == "unpaired":
+        return write_points(path)
+    write_pairs(path, n=8)
+    if obj.extra_fields:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in rows:
+            r.update({f: 0.9 for f in obj.extra_fields})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("name", O.names())
+def test_objective_trains(name, tiny_model_dir, tmp_path):
+    obj = O.get(name)
+    data = write_data(tmp_path / "rows.jsonl", obj)
+    hp = OVERRIDES.get(name, {"beta": 0.5} if "beta" in O.hparam_names(name) else {})
+    beta = hp.pop("beta", 0.1)
+    cfg = config(tiny_model_dir, data, tmp_path / "out", max_steps=4, learning_rate=5e-3, batch_size=4,
+                 logging_steps=1, memory_probe=False, beta=beta, objective=name,
+                 objective_args={name: hp} if hp else {})
+    out = train(cfg, log=_quiet)
+    logs = [m for m in read_metrics(out) if "loss" in m]
+    losses = [m["loss"] for m in logs]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses), losses
+    assert max(losses) - min(losses) > 1e-4, losses
+    key = METRIC.get(name, "rewards/margins")
+    sign = -1 if key.startswith("-") else 1
+    key = key.lstrip("-")
+    first, last = logs[0][key], logs[-1][key]
+    assert sign * (last - first) > 0, (key, [m.get(key) for m in logs])
