@@ -118,7 +118,7 @@ def test_more_bad_inputs(tiny_model_dir, tmp_path):
     good = {"prompt": "Say hi.", "chosen": " Hi!", "rejected": " No."}
     cases = [
         ([{**good, "chosen": None}], "field 'chosen': missing"),
-        ([{**good, "chosen": [1, 2]}], "field 'chosen': expected a string like the other fields, got a list"),
+        ([{**good, "chosen": [1, 2]}], "field 'chosen': expected a string like 'prompt', got a list"),
         ([{**good, "prompt": 3}], "field 'prompt': expected a string or a list of messages, got int"),
         ([{"prompt": "x" * 10_000_000, "chosen": " a", "rejected": " b"}], "no usable rows"),
     ]
