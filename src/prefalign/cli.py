@@ -142,6 +142,12 @@ def _demo(args, rest: list[str]) -> int:
     return 0
 
 
+def _decode(args, rest: list[str]) -> int:
+    from prefalign.decode.cli import run
+
+    return run(args, rest)
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -152,6 +158,7 @@ COMMANDS = {
     "sample": (_sample, "sample n completions per prompt from a model (optionally scored by a reward)"),
     "label": (_label, "score samples and keep best vs worst per prompt as preference pairs (ties dropped)"),
     "evaluate": (_evaluate, "compare a policy with its reference: reward, win rate, KL, best-of-n, report"),
+    "decode": (_decode, "decoding-time alignment: best-of-n, ARGS, DeRa, Linear Alignment, DAEMON"),
     "demo": (_demo, "align SmolLM2-135M towards positive sentiment on a CPU, offline, in minutes"),
 }
 
@@ -243,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default=None, help="the policy's name in the report")
     _gen_args(e)
 
+    from prefalign.decode.cli import add_parser as add_decode_parser
+
+    add_decode_parser(sub)
     d = sub.add_parser("demo", help=COMMANDS["demo"][1], description=DEMO_HELP, formatter_class=raw)
     d.add_argument("--quick", action="store_true", help="a smaller run (~2 minutes)")
     d.add_argument("--sweep", action="store_true", help="train several β values and draw their frontier")

@@ -118,6 +118,17 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+def _accepts_float(tp: Any) -> bool:
+    return tp is float or float in typing.get_args(tp)
+
+
+def _float_or_str(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
@@ -126,9 +137,12 @@ def _type_name(tp: Any) -> str:
 
 def from_dict(values: dict, where: str = "config") -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
+    values = dict(values)
     for key, value in values.items():
         if key not in hints:
             raise UserError(where, f"unknown key '{key}'{_closest(key)}", "see `prefalign train --help`")
+        if isinstance(value, str) and _accepts_float(hints[key]):
+            values[key] = value = _float_or_str(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
         if not _type_ok(value, hints[key]):
             raise UserError(where, f"'{key}' must be {_type_name(hints[key])}, got {value!r}",
                             "fix the value")

@@ -1,0 +1,161 @@
+"""``prefalign evaluate``: a policy against its reference on held-out prompts, by sampling.
+
+1. m samples per prompt from the reference (temperature 1 by default), scored by the reward;
+2. k samples per prompt from the policy, scored; their exact token ids re-scored under policy and reference:
+   KL(π‖π_ref) = E_{y∼π}[log π(y|x) − log π_ref(y|x)] is estimated by the mean over those samples (a sample
+   mean of the sequence-level log-ratio; exact in expectation only when sampling at temperature 1, top-p 1);
+3. reward mean ± SE, paired gain over the reference ± SE, win rate against the m reference samples (ties half),
+   response length, best-of-n from the same reference samples (unbiased for n ≤ m) at its analytic KL.
+
+A PEFT adapter folder is its own reference: the same weights with the adapter disabled, as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefalign.decode.generate import GenOptions
+from prefalign.errors import UserError
+from prefalign.evaluate.logprobs import completion_logprobs
+from prefalign.evaluate.metrics import best_of_n_curve, compare, mean_se, win_rate
+from prefalign.pairs.sample import Samples, sample_completions, score_samples
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 40  # new tokens per sample
+    temperature: float = 1.0  # KL estimates assume 1 (samples from π itself)
+    top_p: float = 1.0
+    batch_size: int = 32  # sequences sampled together
+    n_reference: int = 16  # reference samples per prompt (win rate against all; best-of-n up to this n)
+    n_policy: int = 1  # policy samples per prompt
+    seed: int = 0  # reference samples use seed, policy samples seed + 1
+    system: str | None = None  # system message for every prompt
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    best_of: tuple[int, ...] = (1, 2, 4, 8, 16)
+    show: int = 4  # prompts shown side by side in the report
+
+    def gen_options(self, seed: int) -> GenOptions:
+        return GenOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                          seed=seed, batch_size=self.batch_size, chat=self.chat, system=self.system)
+
+
+def reference_samples(reference, tokenizer, prompts: Sequence[str], reward, cfg: EvalConfig,
+                      context: Callable | None = None, progress: bool = True,
+                      desc: str = "reference samples") -> Samples:
+    """``cfg.n_reference`` scored samples per prompt from the reference."""
+    samples = sample_completions(reference, tokenizer, prompts, cfg.n_reference, cfg.gen_options(cfg.seed),
+                                 desc=desc, progress=progress, context=context)
+    score_samples(samples, reward)
+    return samples
+
+
+def reference_metrics(ref: Samples) -> dict:
+    mean, se = mean_se(ref.rewards.double().mean(-1))
+    length, length_se = mean_se(ref.lengths().double().mean(-1))
+    wr, wr_se = mean_se(win_rate(ref.rewards, ref.rewards))  # 0.5 by symmetry: a sanity value
+    return {"name": "reference", "reward_mean": mean, "reward_se": se, "reward_gain": 0.0, "reward_gain_se": 0.0,
+            "reward_gain_z": None, "win_rate": wr, "win_rate_se": wr_se, "kl": 0.0, "kl_se": 0.0,
+            "length": length, "length_se": length_se, "samples_per_prompt": ref.n}
+
+
+def evaluate_policy(policy, tokenizer, prompts: Sequence[str], reward, cfg: EvalConfig, ref: Samples,
+                    reference=None, reference_context: Callable | None = None, name: str = "policy",
+                    progress: bool = True, desc: str | None = None) -> dict:
+    """Metrics of ``policy`` against the reference samples ``ref`` (see the module docstring).
+
+    ``reference``: the reference model for log-probs (default: ``policy`` itself, e.g. with ``reference_context``
+    = its ``disable_adapter``).
+    """
+    desc = desc or name
+    pol = sample_completions(policy, tokenizer, prompts, cfg.n_policy, cfg.gen_options(cfg.seed + 1),
+                             desc=f"{desc}: samples", progress=progress)
+    score_samples(pol, reward)
+    flat_p = [p for p in pol.prompts for _ in range(pol.n)]
+    flat_ids = [ids for row in pol.token_ids for ids in row]
+    opts = cfg.gen_options(cfg.seed)
+    lp_pol = completion_logprobs(policy, tokenizer, flat_p, flat_ids, opts, desc=f"{desc}: log π",
+                                 progress=progress)
+    lp_ref = completion_logprobs(reference if reference is not None else policy, tokenizer, flat_p, flat_ids,
+                                 opts, context=reference_context, desc=f"{desc}: log π_ref", progress=progress)
+    kl = (lp_pol - lp_ref).reshape(len(pol.prompts), pol.n)  # [P, k]
+    out = {"name": name, **compare(pol.rewards, ref.rewards, kl, pol.lengths()), "samples_per_prompt": pol.n}
+    out["examples"] = [{"prompt": p, "reference": ref.completions[i][0], "reference_reward": float(ref.rewards[i, 0]),
+                        "policy": pol.completions[i][0], "policy_reward": float(pol.rewards[i, 0])}
+                       for i, p in enumerate(pol.prompts[: cfg.show])]
+    return out
+
+
+def evaluate(policy, tokenizer, prompts: Sequence[str], reward, cfg: EvalConfig | None = None, reference=None,
+             reference_context: Callable | None = None, name: str = "policy", progress: bool = True) -> dict:
+    """The full comparison: reference samples, one policy, best-of-n. Returns a metrics dict (see ``report``)."""
+    from prefalign.reward import load_reward
+
+    cfg = cfg or EvalConfig()
+    check_config(cfg)
+    reward = load_reward(reward)
+    ref_model = reference if reference is not None else policy
+    ref = reference_samples(ref_model, tokenizer, prompts, reward, cfg, context=reference_context,
+                            progress=progress)
+    run = evaluate_policy(policy, tokenizer, prompts, reward, cfg, ref, reference=reference,
+                          reference_context=reference_context, name=name, progress=progress)
+    return assemble(cfg, prompts, reward, ref, [run])
+
+
+def assemble(cfg: EvalConfig, prompts: Sequence[str], reward, ref: Samples, runs: list[dict]) -> dict:
+    """The metrics dict ``report.write_report`` reads."""
+    return {"eval": {**dataclasses.asdict(cfg), "prompts": len(prompts), "reward": getattr(reward, "name", str(reward))},
+            "reference": reference_metrics(ref), "best_of_n": best_of_n_curve(ref.rewards, cfg.best_of),
+            "runs": runs}
+
+
+def check_config(cfg: EvalConfig) -> None:
+    problems = []
+    if cfg.n_reference < 1 or cfg.n_policy < 1:
+        problems.append("n_reference and n_policy must be >= 1")
+    if cfg.temperature <= 0:
+        problems.append("temperature must be > 0 (KL is estimated from samples)")
+    if not 0 < cfg.top_p <= 1:
+        problems.append("top_p must be in (0, 1]")
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
+        problems.append("max_new_tokens and batch_size must be >= 1")
+    if problems:
+        raise UserError("evaluate", "; ".join(problems), "fix the arguments")
+
+
+# ---- loading: a model folder or an adapter folder, and its reference ----------------------------------------------
+def load_policy_and_reference(model_path: str, reference_path: str | None = None, dtype: str = "fp32"):
+    """(policy, reference or None, reference_context or None, tokenizer, base path).
+
+    An adapter folder (``adapter_config.json``) loads onto its base model; its reference is that base with the
+    adapter disabled unless ``reference_path`` names another model. A full model needs ``reference_path``.
+    """
+    from prefalign.model import load_model, load_tokenizer
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise UserError(str(model_path), "model folder does not exist", "check the path given to --model")
+    adapter_cfg = path / "adapter_config.json"
+    tok_dir = str(path) if (path / "tokenizer_config.json").exists() else None
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        if not base or not Path(base).is_dir():
+            raise UserError(str(model_path), f"the adapter's base model '{base}' is not a local folder",
+                            "check base_model_name_or_path in adapter_config.json")
+        policy = PeftModel.from_pretrained(load_model(base, dtype), str(path)).eval()
+        tokenizer = load_tokenizer(tok_dir or base)
+        if reference_path:
+            return policy, load_model(reference_path, dtype).eval(), None, tokenizer, base
+        return policy, None, policy.disable_adapter, tokenizer, base
+    if not reference_path:
+        raise UserError(str(model_path), "a full model needs a reference to compare with",
+                        "pass --reference <the model it was trained from>")
+    policy = load_model(str(path), dtype).eval()
+    return (policy, load_model(reference_path, dtype).eval(), None, load_tokenizer(tok_dir or reference_path),
+            reference_path)
