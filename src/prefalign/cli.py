@@ -116,9 +116,12 @@ def _evaluate(args, rest: list[str]) -> int:
                      batch_size=args.batch_size, n_reference=args.n_reference, n_policy=args.n_policy,
                      seed=args.seed, system=args.system, chat=False if args.no_chat else None,
                      best_of=tuple(n for n in (1, 2, 4, 8, 16) if n <= args.n_reference))
-    policy, reference, ref_ctx, tok, _ = load_policy_and_reference(args.model, args.reference, dtype=args.dtype)
+    decodes = args.decode or []
+    policy, reference, ref_ctx, tok, _ = load_policy_and_reference(args.model, args.reference, dtype=args.dtype,
+                                                                   self_reference=bool(decodes))
+    own_reference = reference is None and ref_ctx is None  # a full model steered by decoding methods
     metrics = evaluate(policy, tok, prompts, reward, cfg, reference=reference, reference_context=ref_ctx,
-                       name=args.name or "policy")
+                       name=args.name or "policy", decodes=decodes, policy_run=not own_reference)
     metrics["eval"].update(model=args.model, reference_model=args.reference or "(adapter disabled)")
     write_report(args.out, metrics, title=f"prefalign evaluate: {args.name or args.model}",
                  intro=[f"Policy: `{args.model}`; reference: `{args.reference or 'the base model (adapter disabled)'}`.",
@@ -183,6 +186,12 @@ EVALUATE_HELP = """Compare a policy with its reference on held-out prompts, by s
 Reports mean reward ± SE, gain over the reference (paired), win rate against the reference samples, KL(π‖π_ref)
 estimated from the policy's own samples, response length, and best-of-n from the reference (n ≤ --n-reference).
 A LoRA adapter folder is compared with its base model (adapter disabled); a full model needs --reference.
+
+Decoding-time methods go on the same table and reward-KL plot (KL from the method's own log q(y|x)):
+  prefalign evaluate --model outputs/run --prompts eval.jsonl --reward vader --out eval-report \
+      --decode dera --hparam lam=0.5 --decode dera --hparam lam=2
+  prefalign evaluate --model ./base --prompts eval.jsonl --reward vader --out eval-base \
+      --decode args --hparam k=10 --hparam w=2 --decode best_of_n --hparam n=4
 """
 DEMO_HELP = """The DPO paper's controlled-sentiment experiment in miniature, offline on a CPU (~10 min; --quick ~2 min).
 
@@ -206,6 +215,24 @@ def _gen_args(p: argparse.ArgumentParser, n_default: int | None = None) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="model weights' dtype (default fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+class _DecodeAction(argparse.Action):
+    """``--decode M``: appends {"method": M, "hparams": {}} (``--hparam`` fills the last one)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        setattr(namespace, self.dest, [*items, {"method": value, "hparams": {}}])
+
+
+class _HparamAction(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        from prefalign.decode.cli import parse_hparams
+
+        items = getattr(namespace, self.dest) or []
+        if not items:
+            parser.error("--hparam must follow the --decode METHOD it belongs to")
+        items[-1]["hparams"].update(parse_hparams([value]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-reference", type=int, default=16, help="reference samples per prompt (default 16)")
     e.add_argument("--n-policy", type=int, default=1, help="policy samples per prompt (default 1)")
     e.add_argument("--name", default=None, help="the policy's name in the report")
+    e.add_argument("--decode", action=_DecodeAction, metavar="METHOD",
+                   help="also evaluate this decoding method over --model (repeatable): sample, best_of_n, args, "
+                        "dera, linear_alignment; a full --model without --reference is then its own reference")
+    e.add_argument("--hparam", action=_HparamAction, metavar="NAME=VALUE", dest="decode",
+                   help="a hyperparameter of the --decode method before it, e.g. --decode dera --hparam lam=2")
     _gen_args(e)
 
     from prefalign.decode.cli import add_parser as add_decode_parser

@@ -54,11 +54,12 @@ def args_logits_fn(tokenizer, prompts: list[str], reward, cfg: ArgsConfig, stats
 def args_decode(model, tokenizer, prompts: Sequence[str], reward, opts: GenOptions,
                 cfg: ArgsConfig) -> tuple[list[str], list[dict]]:
     stats = {"reward_calls": 0}
-    texts, counts = decode_batches(tokenizer, prompts, opts, plain_streams(model, tokenizer, opts),
-                                   lambda batch: args_logits_fn(tokenizer, batch, reward, cfg, stats), model=model)
+    out = decode_batches(tokenizer, prompts, opts, plain_streams(model, tokenizer, opts),
+                         lambda batch: args_logits_fn(tokenizer, batch, reward, cfg, stats), model=model)
+    texts = out.texts
     # Report the reward of what was finally written, so runs with different w compare directly.
     final = reward(list(prompts), texts) if len(texts) else torch.zeros(0)
-    info = [{"reward": float(r), "tokens": c, "k": cfg.k, "w": cfg.w} for r, c in zip(final, counts)]
+    info = [{"reward": float(r), **d, "k": cfg.k, "w": cfg.w} for r, d in zip(final, out.info())]
     for d in info:
         d["reward_calls_total"] = stats["reward_calls"]
     return texts, info

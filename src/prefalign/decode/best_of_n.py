@@ -39,7 +39,8 @@ def best_of_n(model, tokenizer, prompts: Sequence[str], reward, opts: GenOptions
     """One completion per prompt: the highest-reward of ``cfg.n`` samples."""
     n = cfg.n
     repeated = [p for p in prompts for _ in range(n)]  # prompt i owns rows i*n .. i*n+n-1
-    texts, counts = sample(model, tokenizer, repeated, opts)
+    drawn = sample(model, tokenizer, repeated, opts)
+    texts, counts = drawn.texts, drawn.counts
     rewards = reward(repeated, texts).view(len(prompts), n)  # [P, n]
     best = best_of_n_select(rewards)  # [P]
     completions, info = [], []

@@ -43,24 +43,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def parse_hparams(items: list[str]) -> dict:
+    """``["n=8", "w=1.5"]`` → ``{"n": "8", "w": "1.5"}`` (typed later by the method's dataclass)."""
+    hparams = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError("--hparam", f"'{item}' is not NAME=VALUE", "write e.g. --hparam n=8")
+        hparams[key.strip()] = value.strip()
+    return hparams
+
+
 def run(args, rest) -> int:
     import json
 
     from prefalign.decode.run import run_decode
     from prefalign.pairs.io import read_prompts, write_jsonl
 
-    hparams = {}
-    for item in args.hparam:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError("--hparam", f"'{item}' is not NAME=VALUE", "write e.g. --hparam n=8")
-        hparams[key.strip()] = value.strip()
+    hparams = parse_hparams(args.hparam)
     prompts = read_prompts(args.prompts)
     result = run_decode(args.method, args.model, prompts=prompts, reward=args.reward, ref_model=args.ref_model,
                         hparams=hparams, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_p=args.top_p, seed=args.seed, stop=args.stop, batch_size=args.batch_size,
-                        chat=False if args.no_chat else None, system=args.system)
-    rows = result.rows(prompts)
+                        chat=False if args.no_chat else None, system=args.system, progress=True)
+    rows = [{k: v for k, v in r.items() if k != "token_ids"} for r in result.rows(prompts)]
     if args.out:
         write_jsonl(args.out, rows)
         rewards = [r["reward"] for r in rows if isinstance(r.get("reward"), (int, float))]

@@ -77,7 +77,8 @@ def daemon_decode(model, tokenizer, prompts: Sequence[str], opts: GenOptions,
     feature_fn = import_callable(cfg.features, where="daemon features")
     n = cfg.n
     repeated = [p for p in prompts for _ in range(n)]
-    texts, counts = sample(model, tokenizer, repeated, opts)
+    drawn = sample(model, tokenizer, repeated, opts)
+    texts, counts = drawn.texts, drawn.counts
     feats = torch.as_tensor(feature_fn(repeated, texts), dtype=torch.float64).reshape(len(repeated), -1)  # [P*n, d]
     if cfg.mu is not None:
         mu = torch.tensor(_floats(cfg.mu), dtype=torch.float64)

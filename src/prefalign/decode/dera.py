@@ -59,5 +59,5 @@ def dera_decode(model, tokenizer, prompts: Sequence[str], opts: GenOptions, cfg:
     def make_logits_fn(batch: list[str]):
         return lambda state: dera_logits(state.logits[0], state.logits[1].to(state.logits[0].device), cfg.lam)
 
-    texts, counts = decode_batches(tokenizer, prompts, opts, make_streams, make_logits_fn, model=model)
-    return texts, [{"tokens": c, "lam": cfg.lam} for c in counts]
+    out = decode_batches(tokenizer, prompts, opts, make_streams, make_logits_fn, model=model)
+    return out.texts, [{**d, "lam": cfg.lam} for d in out.info()]

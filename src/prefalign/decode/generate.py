@@ -34,6 +34,7 @@ class GenOptions:
     batch_size: int = 8  # rows decoded together
     chat: bool | None = None  # render prompts with the chat template; None = when the tokenizer has one
     system: str | None = None  # optional system message for every prompt
+    progress: str = ""  # a progress bar with this label over the prompts ("" = none)
 
 
 @dataclass
@@ -176,6 +177,19 @@ def pick_tokens(scores: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def token_logq(scores: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """[B] log-prob of ``tokens`` under the distribution ``pick_tokens`` drew them from (0 when greedy).
+
+    Summed over a row this is log q(y | x) of the decoding policy itself, so KL(q ‖ π_ref) of any per-token
+    decoding rule (DeRa, ARGS, Linear Alignment, plain sampling) is estimated like a trained policy's.
+    """
+    if temperature <= 0:
+        return torch.zeros(tokens.shape, dtype=scores.dtype, device=scores.device)
+    scaled = scores / temperature
+    scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
+    return torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
+
+
 def make_stop_fn(tokenizer, stop: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``f(generated [B, t]) -> [B] bool``: rows whose recent text contains a stop string."""
     if not stop:
@@ -192,8 +206,12 @@ def make_stop_fn(tokenizer, stop: Sequence[str]) -> Callable[[torch.Tensor], tor
 
 @torch.no_grad()
 def token_loop(streams: list[Stream], logits_fn: LogitsFn, opts: GenOptions, eos: Sequence[int], pad: int,
-               generator: torch.Generator | None = None, stop_fn=None) -> torch.Tensor:
-    """Decode up to ``opts.max_new_tokens`` tokens; returns generated ids [B, t] (pad after a row ends)."""
+               generator: torch.Generator | None = None, stop_fn=None,
+               logq: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode up to ``opts.max_new_tokens`` tokens; returns generated ids [B, t] (pad after a row ends).
+
+    ``logq`` [B], if given, accumulates each live row's log q(token) under the sampling distribution.
+    """
     logits = [s.prefill() for s in streams]
     batch, device = logits[0].shape[0], logits[0].device
     generated = torch.zeros((batch, 0), dtype=torch.long, device=device)
@@ -202,6 +220,8 @@ def token_loop(streams: list[Stream], logits_fn: LogitsFn, opts: GenOptions, eos
     for t in range(opts.max_new_tokens):
         scores = logits_fn(StepState(step=t, logits=logits, generated=generated, done=done))  # [B, V]
         tokens = pick_tokens(scores, opts.temperature, opts.top_p, generator)  # [B]
+        if logq is not None:
+            logq += torch.where(done, 0.0, token_logq(scores, tokens, opts.temperature, opts.top_p)).to(logq)
         tokens = torch.where(done, torch.full_like(tokens, pad), tokens)
         generated = torch.cat([generated, tokens[:, None]], dim=-1)
         done = done | torch.isin(tokens, eos_t)
@@ -231,28 +251,53 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+@dataclass
+class Decoded:
+    """What ``decode_batches`` returns, one entry per prompt, in order."""
+
+    texts: list[str]  # cut at the first eos, then before the first stop string
+    counts: list[int]  # tokens before the first eos
+    token_ids: list[list[int]]  # the drawn ids, ending with the eos id when the row emitted one
+    logq: list[float]  # log q(token_ids | x) under the decoding rule's own sampling distribution
+
+    def info(self) -> list[dict]:
+        """Per-prompt info rows: token count, log q and the ids (for KL estimates against a reference)."""
+        return [{"tokens": c, "logq": q, "token_ids": ids} for c, q, ids in zip(self.counts, self.logq, self.token_ids)]
+
+
 def decode_batches(tokenizer, prompts: Sequence[str], opts: GenOptions,
                    make_streams: Callable[[list[str]], list[Stream]],
-                   make_logits_fn: Callable[[list[str]], LogitsFn], model=None) -> tuple[list[str], list[int]]:
-    """Run ``token_loop`` over prompts in batches; returns completion texts and token counts, in order.
+                   make_logits_fn: Callable[[list[str]], LogitsFn], model=None) -> Decoded:
+    """Run ``token_loop`` over prompts in batches (with a progress bar when ``opts.progress`` names one).
 
     ``make_streams(batch_prompts)`` builds the streams, ``make_logits_fn(batch_prompts)`` the per-step rule.
     """
+    from tqdm.auto import tqdm
+
     eos = eos_ids(tokenizer, model)
+    eos_set = set(eos)
     pad = pad_id(tokenizer)
     stop_fn = make_stop_fn(tokenizer, opts.stop)
     generator = None
-    texts, counts = [], []
+    out = Decoded([], [], [], [])
+    bar = tqdm(total=len(prompts), desc=opts.progress, unit="seq", disable=not opts.progress, dynamic_ncols=True)
     for i in range(0, len(prompts), opts.batch_size):
         batch = list(prompts[i : i + opts.batch_size])
         streams = make_streams(batch)
         if generator is None:  # one generator for the whole run, on the model's device
             generator = torch.Generator(device=streams[0].input_ids.device).manual_seed(opts.seed)
-        generated = token_loop(streams, make_logits_fn(batch), opts, eos, pad, generator, stop_fn)
+        logq = torch.zeros(len(batch), dtype=torch.float64)
+        generated = token_loop(streams, make_logits_fn(batch), opts, eos, pad, generator, stop_fn, logq)
         t, c = finish_texts(tokenizer, generated, eos, opts.stop)
-        texts += t
-        counts += c
-    return texts, counts
+        out.texts += t
+        out.counts += c
+        out.logq += logq.tolist()
+        for row in generated.tolist():
+            cut = next((k for k, tok in enumerate(row) if tok in eos_set), None)
+            out.token_ids.append(row if cut is None else row[: cut + 1])
+        bar.update(len(batch))
+    bar.close()
+    return out
 
 
 def plain_streams(model, tokenizer, opts: GenOptions, system: str | None = None, context=None):
@@ -265,7 +310,7 @@ def plain_streams(model, tokenizer, opts: GenOptions, system: str | None = None,
     return make
 
 
-def sample(model, tokenizer, prompts: Sequence[str], opts: GenOptions) -> tuple[list[str], list[int]]:
+def sample(model, tokenizer, prompts: Sequence[str], opts: GenOptions) -> Decoded:
     """Plain decoding (sampling, or greedy at temperature 0) from one model."""
     return decode_batches(tokenizer, prompts, opts, plain_streams(model, tokenizer, opts),
                           lambda batch: lambda state: state.logits[0], model=model)

@@ -58,5 +58,5 @@ def linear_alignment_decode(model, tokenizer, prompts: Sequence[str], opts: GenO
         return lambda state: linear_alignment_logits(state.logits[0], state.logits[1], cfg.alpha,
                                                      cfg.mask_top_p, opts.temperature)
 
-    texts, counts = decode_batches(tokenizer, prompts, opts, make_streams, make_logits_fn, model=model)
-    return texts, [{"tokens": c, "alpha": cfg.alpha} for c in counts]
+    out = decode_batches(tokenizer, prompts, opts, make_streams, make_logits_fn, model=model)
+    return out.texts, [{**d, "alpha": cfg.alpha} for d in out.info()]

@@ -70,17 +70,19 @@ def make_config(method: str, hparams: dict | None):
 def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), *, reward=None, ref_model=None,
                hparams: dict | None = None, max_new_tokens: int = 128, temperature: float = 1.0,
                top_p: float = 1.0, seed: int = 0, stop: Sequence[str] | None = None, batch_size: int = 8,
-               chat: bool | None = None, system: str | None = None) -> DecodeResult:
+               chat: bool | None = None, system: str | None = None, progress: bool = False,
+               desc: str | None = None) -> DecodeResult:
     """Decode one completion per prompt with a decoding-time alignment ``method`` (see ``METHODS``).
 
     ``model`` / ``ref_model``: a causal LM or a folder path (a PEFT adapter folder loads as a PEFT model);
     ``tokenizer`` defaults to the model folder's. ``reward``: a spec for ``load_reward`` or a callable.
-    Models are put in eval mode (decoding never wants dropout).
+    Models are put in eval mode (decoding never wants dropout). ``progress``: a bar labelled ``desc``.
     """
     needs_reward = _method(method)[1]
     cfg = make_config(method, hparams)
     opts = GenOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                      stop=tuple(stop or ()), batch_size=batch_size, chat=chat, system=system)
+                      stop=tuple(stop or ()), batch_size=batch_size, chat=chat, system=system,
+                      progress=(desc or method) if progress else "")
     _check(method, opts, cfg)
     if isinstance(model, (str, Path)):
         tokenizer = tokenizer or model
@@ -106,8 +108,8 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
         return DecodeResult([], [], method, dataclasses.asdict(cfg))
 
     if method == "sample":
-        texts, counts = sample(model, tokenizer, prompts, opts)
-        completions, info = texts, [{"tokens": c} for c in counts]
+        drawn = sample(model, tokenizer, prompts, opts)
+        completions, info = drawn.texts, drawn.info()
     elif method == "best_of_n":
         completions, info = best_of_n(model, tokenizer, prompts, reward_fn, opts, cfg)
     elif method == "args":

@@ -46,7 +46,7 @@ def markdown_table(rows: list[list[str]]) -> str:
 
 
 def plot_frontier(metrics: dict, path: str | Path, title: str = "Reward vs KL") -> Path:
-    """Mean reward against KL(π‖π_ref): the best-of-n curve from the reference and each trained run (± 1 SE)."""
+    """Mean reward against KL(π‖π_ref) (± 1 SE): best-of-n from the reference, trained runs, decoding methods."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,14 +60,20 @@ def plot_frontier(metrics: dict, path: str | Path, title: str = "Reward vs KL") 
         for b in bon:
             ax.annotate(f"n={b['n']}", (b["kl"], b["reward_mean"]), textcoords="offset points", xytext=(4, -12),
                         fontsize=8, color="tab:gray")
-    runs = metrics["runs"]
-    if runs:
+    groups: dict[str, list[dict]] = {}  # trained runs on one line, each decoding method on its own
+    for r in metrics["runs"]:
+        groups.setdefault(r.get("method", "trained policy"), []).append(r)
+    colors = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"])
+    for label, runs in groups.items():
+        color = next(colors, "tab:olive")
+        runs = sorted(runs, key=lambda r: r["kl"])
         ax.errorbar([r["kl"] for r in runs], [r["reward_mean"] for r in runs],
-                    xerr=[r["kl_se"] for r in runs], yerr=[r["reward_se"] for r in runs], marker="s", linestyle="-"
-                    if len(runs) > 1 else "none", color="tab:blue", capsize=3, label="trained policy")
+                    xerr=[r["kl_se"] for r in runs], yerr=[r["reward_se"] for r in runs],
+                    marker="s" if label == "trained policy" else "^", linestyle="-" if len(runs) > 1 else "none",
+                    color=color, capsize=3, label=label if label == "trained policy" else f"decoding: {label}")
         for r in runs:
             ax.annotate(r.get("label", r["name"]), (r["kl"], r["reward_mean"]), textcoords="offset points",
-                        xytext=(5, 5), fontsize=8, color="tab:blue")
+                        xytext=(5, 5), fontsize=8, color=color)
     ref = metrics["reference"]
     ax.scatter([0], [ref["reward_mean"]], marker="*", s=120, color="black", zorder=5, label="reference")
     ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
@@ -94,7 +100,7 @@ def render_markdown(metrics: dict, title: str, intro: list[str] | None = None) -
               f"top-p {ev['top_p']}, up to {ev['max_new_tokens']} new tokens, seed {ev['seed']}. Means are over "
               "prompts, ± one standard error over prompts; the gain is paired by prompt (z = gain / SE); win rate "
               "counts ties as half; KL(π‖π_ref) is the mean of log π(y) − log π_ref(y) over the policy's own "
-              "samples; best-of-n is estimated without bias from the reference samples, at its analytic KL.", "",
+              "samples (for a decoding method, π is the method's own per-token sampling distribution); best-of-n is estimated without bias from the reference samples, at its analytic KL.", "",
               "## Results", "", markdown_table(summary_rows(metrics)), "", "## Reward vs KL", "",
               "![reward vs KL](frontier.png)", ""]
     for run in metrics["runs"]:

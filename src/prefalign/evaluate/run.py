@@ -91,8 +91,15 @@ def evaluate_policy(policy, tokenizer, prompts: Sequence[str], reward, cfg: Eval
 
 
 def evaluate(policy, tokenizer, prompts: Sequence[str], reward, cfg: EvalConfig | None = None, reference=None,
-             reference_context: Callable | None = None, name: str = "policy", progress: bool = True) -> dict:
-    """The full comparison: reference samples, one policy, best-of-n. Returns a metrics dict (see ``report``)."""
+             reference_context: Callable | None = None, name: str = "policy", progress: bool = True,
+             decodes: Sequence[dict] = (), policy_run: bool = True) -> dict:
+    """The full comparison: reference samples, the policy, best-of-n. Returns a metrics dict (see ``report``).
+
+    ``decodes``: decoding-time methods over ``policy`` on the same footing, each ``{"method", "hparams"}``
+    (see ``evaluate.decoding``); ``policy_run=False`` skips sampling the policy itself (e.g. when it is its
+    own reference and only decoding methods are compared).
+    """
+    from prefalign.evaluate.decoding import evaluate_decoding
     from prefalign.reward import load_reward
 
     cfg = cfg or EvalConfig()
@@ -101,9 +108,15 @@ def evaluate(policy, tokenizer, prompts: Sequence[str], reward, cfg: EvalConfig 
     ref_model = reference if reference is not None else policy
     ref = reference_samples(ref_model, tokenizer, prompts, reward, cfg, context=reference_context,
                             progress=progress)
-    run = evaluate_policy(policy, tokenizer, prompts, reward, cfg, ref, reference=reference,
-                          reference_context=reference_context, name=name, progress=progress)
-    return assemble(cfg, prompts, reward, ref, [run])
+    runs = []
+    if policy_run:
+        runs.append(evaluate_policy(policy, tokenizer, prompts, reward, cfg, ref, reference=reference,
+                                    reference_context=reference_context, name=name, progress=progress))
+    for d in decodes:
+        runs.append(evaluate_decoding(d["method"], d.get("hparams"), policy, tokenizer, prompts, reward, cfg, ref,
+                                      reference=reference, reference_context=reference_context,
+                                      name=d.get("name"), progress=progress))
+    return assemble(cfg, prompts, reward, ref, runs)
 
 
 def assemble(cfg: EvalConfig, prompts: Sequence[str], reward, ref: Samples, runs: list[dict]) -> dict:
@@ -128,11 +141,13 @@ def check_config(cfg: EvalConfig) -> None:
 
 
 # ---- loading: a model folder or an adapter folder, and its reference ----------------------------------------------
-def load_policy_and_reference(model_path: str, reference_path: str | None = None, dtype: str = "fp32"):
+def load_policy_and_reference(model_path: str, reference_path: str | None = None, dtype: str = "fp32",
+                              self_reference: bool = False):
     """(policy, reference or None, reference_context or None, tokenizer, base path).
 
     An adapter folder (``adapter_config.json``) loads onto its base model; its reference is that base with the
-    adapter disabled unless ``reference_path`` names another model. A full model needs ``reference_path``.
+    adapter disabled unless ``reference_path`` names another model. A full model needs ``reference_path``,
+    unless ``self_reference`` (decoding methods steering the model are compared with the model itself).
     """
     from prefalign.model import load_model, load_tokenizer
 
@@ -153,9 +168,11 @@ def load_policy_and_reference(model_path: str, reference_path: str | None = None
         if reference_path:
             return policy, load_model(reference_path, dtype).eval(), None, tokenizer, base
         return policy, None, policy.disable_adapter, tokenizer, base
-    if not reference_path:
+    if not reference_path and not self_reference:
         raise UserError(str(model_path), "a full model needs a reference to compare with",
                         "pass --reference <the model it was trained from>")
     policy = load_model(str(path), dtype).eval()
+    if not reference_path:
+        return policy, None, None, load_tokenizer(tok_dir or str(path)), str(path)
     return (policy, load_model(reference_path, dtype).eval(), None, load_tokenizer(tok_dir or reference_path),
             reference_path)

@@ -13,22 +13,13 @@ Rows of a samples file (``prefalign sample``)::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from prefalign.decode.generate import (
-    GenOptions,
-    eos_ids,
-    finish_texts,
-    model_device,
-    pad_id,
-    plain_streams,
-    render_prompts,
-    token_loop,
-)
+from prefalign.decode.generate import GenOptions, decode_batches, plain_streams, render_prompts
 
 
 @dataclass
@@ -67,33 +58,17 @@ def sample_ids(model, tokenizer, prompts: Sequence[str], opts: GenOptions, desc:
                progress: bool = True, context=None) -> tuple[list[str], list[list[int]]]:
     """One completion per prompt: texts and sampled token ids, in prompt order (stop strings not supported).
 
-    The same loop as ``decode.generate.sample`` (one generator seeded with ``opts.seed`` for the whole run), but
-    it also returns the ids: token_loop pads a finished row, so a row's ids end at its first EOS, inclusive.
+    ``decode.generate.sample`` (one generator seeded with ``opts.seed`` for the whole run) with a progress bar;
+    a row's ids end at its first EOS, inclusive.
     ``context``: wraps every forward pass (e.g. a PEFT model's ``disable_adapter`` to sample the reference).
     """
     if opts.stop:
         raise ValueError("sample_ids does not support stop strings (the ids would not match the text)")
     model.eval()
-    eos, pad = eos_ids(tokenizer, model), pad_id(tokenizer)
-    make_streams = plain_streams(model, tokenizer, opts, context=context)
-    generator = torch.Generator(device=model_device(model)).manual_seed(opts.seed)
-    texts: list[str] = []
-    ids: list[list[int]] = []
-    eos_set = set(eos)
-    bar = tqdm(total=len(prompts), desc=desc, unit="seq", disable=not progress, dynamic_ncols=True)
-    try:
-        for s in range(0, len(prompts), opts.batch_size):
-            batch = list(prompts[s : s + opts.batch_size])
-            generated = token_loop(make_streams(batch), lambda state: state.logits[0], opts, eos, pad, generator)
-            t, _ = finish_texts(tokenizer, generated, eos, ())
-            texts += t
-            for row in generated.tolist():
-                cut = next((k for k, tok in enumerate(row) if tok in eos_set), None)
-                ids.append(row if cut is None else row[: cut + 1])
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    return texts, ids
+    opts = dataclasses.replace(opts, progress=desc if progress else "")
+    out = decode_batches(tokenizer, prompts, opts, plain_streams(model, tokenizer, opts, context=context),
+                         lambda batch: lambda state: state.logits[0], model=model)
+    return out.texts, out.token_ids
 
 
 def sample_completions(model, tokenizer, prompts: Sequence[str], n: int, opts: GenOptions, desc: str = "sample",
