@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from tests.demo.stub_reward import score
 
 from prefalign.decode.generate import GenOptions
 from prefalign.decode.run import run_decode
 from prefalign.evaluate import EvalConfig, completion_logprobs, evaluate_policy, reference_samples
 from prefalign.evaluate.decoding import evaluate_decoding
 from prefalign.testing import tiny_model
-
-from tests.demo.stub_reward import score
 
 PROMPTS = ["hello there", "write a line", "one more", "and a fourth"]
 
