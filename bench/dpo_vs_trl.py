@@ -90,13 +90,15 @@ def peak_memory(device: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def run_prefalign(model_dir: Path, data: Path, out: Path, args, reference: str, layout: str) -> dict:
+def run_prefalign(model_dir: Path, data: Path, out: Path, args, reference: str, layout: str,
+                  ckpt: bool = False) -> dict:
     from prefalign.train.config import TrainConfig
     from prefalign.train.loop import train
 
     cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(out), learning_rate=LR, beta=0.1,
                       batch_size=args.pairs, max_steps=args.steps, lr_scheduler="linear", max_length=None,
                       reference=reference, layout=layout, shuffle=False, report_to=[], progress=False,
+                      gradient_checkpointing=ckpt,
                       dtype="bf16" if args.device == "cuda" else "fp32", reference_cache_dir=str(out) + "-cache")
     train(cfg, log=lambda *a: None)
     ms = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -159,8 +161,8 @@ def worker(args) -> None:
     elif args.side == "trl_precompute":
         res = run_trl(model_dir, data, out, args, precompute=True)
     else:
-        reference, layout = args.side.split(":")[1:]
-        res = run_prefalign(model_dir, data, out, args, reference, layout)
+        reference, layout, *flags = args.side.split(":")[1:]
+        res = run_prefalign(model_dir, data, out, args, reference, layout, ckpt="ckpt" in flags)
     res["peak_mib"] = peak_memory(args.device)
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -168,7 +170,9 @@ def worker(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 SIDES = [("TRL default", "trl"), ("TRL precompute_ref", "trl_precompute"),
          ("prefalign copy+separate", "prefalign:copy:separate"),
-         ("prefalign precompute+shared", "prefalign:precompute:shared_prefix")]
+         ("prefalign precompute+shared", "prefalign:precompute:shared_prefix"),
+         ("prefalign precompute+shared+ckpt", "prefalign:precompute:shared_prefix:ckpt")]
+OURS = ("prefalign precompute+shared", "prefalign precompute+shared+ckpt")
 
 
 def model_flops_per_step(w: dict) -> float:
@@ -233,17 +237,18 @@ def main() -> None:
 def print_table(name: str, w: dict, rows: dict) -> None:
     print(f"\n{name}: prompt {w['prompt']}, completions {w['completion']}, {w['pairs']} pairs/step, "
           f"hidden {w['hidden']} x {w['layers']} layers, vocab {w['vocab']}")
-    print(f"{'run':<30}{'step s':>9}{'tokens/s':>10}{'peak MiB':>10}{'loss 1':>9}{'loss last':>11}{'FLOP/s %':>10}")
+    print(f"{'run':<34}{'step s':>9}{'tokens/s':>10}{'peak MiB':>10}{'loss 1':>9}{'loss last':>11}{'FLOP/s %':>10}")
     for label, r in rows.items():
-        print(f"{label:<30}{r['step_s']:>9.3f}{r['tokens_s']:>10.0f}{r['peak_mib']:>10.0f}{r['loss_first']:>9.4f}"
+        print(f"{label:<34}{r['step_s']:>9.3f}{r['tokens_s']:>10.0f}{r['peak_mib']:>10.0f}{r['loss_first']:>9.4f}"
               f"{r['loss_last']:>11.5f}{100 * r['mfu']:>9.1f}%")
-    ours = rows.get("prefalign precompute+shared")
-    for peer in ("TRL default", "TRL precompute_ref"):
-        if ours and peer in rows:
-            them = rows[peer]
-            gap = max(abs(a - b) for a, b in zip(ours["losses"], them["losses"]))
-            print(f"prefalign / {peer:<20} tokens/s x{ours['tokens_s'] / them['tokens_s']:.2f}   "
-                  f"memory x{ours['peak_mib'] / them['peak_mib']:.2f}   max loss-curve gap {gap:.2e}")
+    for label in OURS:
+        ours = rows.get(label)
+        for peer in ("TRL default", "TRL precompute_ref"):
+            if ours and peer in rows:
+                them = rows[peer]
+                gap = max(abs(a - b) for a, b in zip(ours["losses"], them["losses"]))
+                print(f"{label[10:]:<22} / {peer:<19} tokens/s x{ours['tokens_s'] / them['tokens_s']:.2f}   "
+                      f"memory x{ours['peak_mib'] / them['peak_mib']:.2f}   max loss-curve gap {gap:.2e}")
 
 
 if __name__ == "__main__":

@@ -56,15 +56,20 @@ def test_padding_invariance(tiny_tok):
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "simpo"])
-@pytest.mark.parametrize("layout,pack", [("shared_prefix", False), ("separate", True), ("shared_prefix", True)])
-def test_techniques_equal_plain_batches_loss_and_gradients(tiny_tok, name, layout, pack):
-    """Prefix sharing and packing are exact: same loss and gradients (fp32, 1e-5) on rows of mixed lengths."""
+@pytest.mark.parametrize("layout,pack,ckpt", [("shared_prefix", False, False), ("separate", True, False),
+                                              ("shared_prefix", True, False), ("shared_prefix", False, True)])
+def test_techniques_equal_plain_batches_loss_and_gradients(tiny_tok, name, layout, pack, ckpt):
+    """Prefix sharing, packing and gradient checkpointing are exact: same loss and gradients (fp32, 1e-5) on rows
+    of mixed lengths."""
     exs = _examples(len(tiny_tok), MIXED + [(11, 1, 8)], seed=3)
     obj = objectives.get(name)
     ref_model = tiny_model(tiny_tok, seed=7).eval()
     results = []
-    for lay, pk in (("separate", False), (layout, pack)):
-        model = tiny_model(tiny_tok, seed=4)
+    for lay, pk, ck in (("separate", False, False), (layout, pack, ckpt)):
+        model = tiny_model(tiny_tok, seed=4).train()  # checkpointing only acts in training mode
+        if ck:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.is_gradient_checkpointing
         batch = collate_pairs(exs, tiny_tok.pad_token_id, lay, pack=pk)
         pol = sequence_logps(model, batch, chunk_size=4)
         with torch.no_grad():

@@ -102,3 +102,16 @@ def test_lora_adapter_reference_trains_saves_and_merges(tiny_model_dir, tmp_path
     ids = torch.tensor([[5, 17, 42, 99, 7, 250]])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_trains_the_same_run(tiny_model_dir, tmp_path, lora):
+    """The config switch only trades compute for memory: same losses, step by step (fp32)."""
+    data = write_pairs(tmp_path / "d.jsonl", n=12)
+    runs = []
+    for ckpt in (False, True):
+        out = train(config(tiny_model_dir, data, tmp_path / f"out{ckpt}", max_steps=3, lora=lora,
+                           gradient_checkpointing=ckpt), log=_quiet)
+        runs.append([m["loss"] for m in read_metrics(out) if "loss" in m])
+    assert len(runs[0]) == 3 and runs[0][-1] != runs[0][0]
+    assert runs[1] == pytest.approx(runs[0], abs=1e-6)

@@ -136,6 +136,8 @@ class Trainer:
         model = load_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
         if cfg.disable_dropout:
             disable_dropout(model)
+        if cfg.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and the 4D masks
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         model.config.use_cache = False

@@ -33,6 +33,8 @@ def estimate(model, examples, cfg, ref_copy: bool) -> str:
     h, inter, layers = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size), c.num_hidden_layers
     # ≈ what autograd keeps per token and layer: norms, q/k/v/o, attention output, 3 MLP projections.
     acts = batch.num_tokens * layers * (10 * h + 4 * inter) * elem
+    if cfg.gradient_checkpointing:  # each layer keeps its input; one layer's activations live at a time
+        acts = batch.num_tokens * (layers * h + 10 * h + 4 * inter) * elem
     head = min(cfg.log_prob_chunk_size, batch.scoring.target.numel()) * c.vocab_size * 4 * 3
     parts = {"parameters": params, "gradients": trainable * elem, "AdamW state": trainable * 8,
              "reference copy": params if ref_copy else 0, "activations (longest batch)": acts, "LM-head chunk": head}
