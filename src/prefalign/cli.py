@@ -139,6 +139,7 @@ def _demo(args, rest: list[str]) -> int:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     cfg.sweep = args.sweep
+    cfg.decoding = args.decoding
     if args.beta is not None:
         cfg.beta = args.beta
     run_demo(cfg, log=_log)
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help=COMMANDS["demo"][1], description=DEMO_HELP, formatter_class=raw)
     d.add_argument("--quick", action="store_true", help="a smaller run (~2 minutes)")
     d.add_argument("--sweep", action="store_true", help="train several β values and draw their frontier")
+    d.add_argument("--decoding", action="store_true",
+                   help="also place DeRa (over the adapter), ARGS and Linear Alignment on the table and plot")
     d.add_argument("--beta", type=float, default=None, help="DPO β of the single run")
     d.add_argument("--out", default=None, help="output folder (default outputs/demo; a previous demo is replaced)")
     d.add_argument("--seed", type=int, default=None, help="seed (default 0)")

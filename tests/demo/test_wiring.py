@@ -79,7 +79,7 @@ def test_demo_pipeline_writes_a_report_that_parses_and_reruns_identically(tiny, 
 
     folder = tiny[0]
     cfg = dict(dtype="fp32", threads=1, train_prompts=12, n=3, max_new_tokens=6, eval_prompts=5, n_reference=4,
-               epochs=1, batch_size=4, learning_rate=1e-2, sweep=True, sweep_betas=(0.1, 1.0))
+               epochs=1, batch_size=4, learning_rate=1e-2, sweep=True, sweep_betas=(0.1, 1.0), decoding=True)
     m = run_demo(DemoConfig(out=str(tmp_path / "a"), **cfg), log=lambda s: None, model_folder=str(folder),
                  reward=score, prompts=(TRAIN, EVAL))
     out = tmp_path / "a"
@@ -89,7 +89,10 @@ def test_demo_pipeline_writes_a_report_that_parses_and_reruns_identically(tiny, 
         assert (out / name).is_file(), name
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "metrics.json").read_text())
-    assert [r["beta"] for r in saved["runs"]] == [0.1, 1.0]
+    assert [r.get("beta") for r in saved["runs"]] == [0.1, None, None, 1.0, None, None, None]
+    assert [r["name"] for r in saved["runs"] if "method" in r] == [
+        "dera (lam=0.5) (β=0.1 adapter)", "dera (lam=2) (β=0.1 adapter)", "args (k=10, w=2)", "args (k=10, w=5)",
+        "linear_alignment (alpha=1)"]
     for run in saved["runs"]:
         for key in ("reward_mean", "reward_se", "win_rate", "kl", "kl_se", "length"):
             assert isinstance(run[key], float), key

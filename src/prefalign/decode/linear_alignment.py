@@ -46,7 +46,7 @@ def linear_alignment_decode(model, tokenizer, prompts: Sequence[str], opts: GenO
                             cfg: LinearAlignmentConfig) -> tuple[list[str], list[dict]]:
     if not cfg.principle:
         raise UserError("linear_alignment", "no principle given", "set hparam principle='...'")
-    with_principle = cfg.principle if opts.system is None else f"{opts.system}\n\n{cfg.principle}"
+    with_principle = f"{opts.system}\n\n{cfg.principle}" if opts.system else cfg.principle
 
     def make_streams(batch: list[str]) -> list[Stream]:
         device = model_device(model)

@@ -54,12 +54,21 @@ class DemoConfig:
     n_policy: int = 1  # policy samples per held-out prompt
     sweep: bool = False
     quick: bool = False
+    decoding: bool = False  # also evaluate decoding-time methods (DeRa over the β adapter; ARGS, Linear Alignment)
     extra: dict = field(default_factory=dict)
+
+    def decoders(self) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+        """(methods over the aligned adapter, methods over the reference model) for ``decoding``."""
+        over_policy = [("dera", {"lam": lam}) for lam in (0.5, 2.0)]
+        over_reference = [("args", {"k": 10, "w": w}) for w in (2.0, 5.0)]
+        over_reference.append(("linear_alignment", {"principle": PRINCIPLE, "alpha": 1.0}))
+        return over_policy, over_reference
 
     def betas(self) -> list[float]:
         return list(self.sweep_betas) if self.sweep else [self.beta]
 
 
+PRINCIPLE = "Always write in a warm, cheerful and positive tone."
 QUICK = dict(train_prompts=48, n=4, eval_prompts=32, n_reference=8, max_new_tokens=24, epochs=2.0, learning_rate=5e-4)
 
 
@@ -174,7 +183,18 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
         run.update(beta=beta, label=f"β={beta:g}", adapter=name, train=_train_summary(adapter))
         runs.append(run)
         timings[f"evaluate β={beta:g}"] = time.perf_counter() - t
+        if cfg.decoding and (beta == cfg.beta or len(cfg.betas()) == 1):
+            t = time.perf_counter()
+            runs += _decoding_runs(cfg.decoders()[0], policy, tokenizer, eval_p, reward, ecfg, ref,
+                                   policy.disable_adapter, f" (β={beta:g} adapter)")
+            timings["decoding over the adapter"] = time.perf_counter() - t
         del policy
+    if cfg.decoding:
+        t = time.perf_counter()
+        base = load_model(model_folder, cfg.dtype).eval()
+        runs += _decoding_runs(cfg.decoders()[1], base, tokenizer, eval_p, reward, ecfg, ref, None, "")
+        timings["decoding over the reference"] = time.perf_counter() - t
+        del base
 
     # 6. report -------------------------------------------------------------------------------------------------
     metrics = assemble(ecfg, eval_p, reward, ref, runs)
@@ -192,7 +212,7 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
     timings["total"] = time.perf_counter() - t_start
     (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1))
     print(markdown_table(summary_rows(metrics)))
-    best = max(runs, key=lambda r: r["reward_mean"])
+    best = max((r for r in runs if "adapter" in r), key=lambda r: r["reward_mean"])
     z = best.get("reward_gain_z")
     print(f"\n{best['name']}: mean reward {best['reward_mean']:.3f} vs reference {metrics['reference']['reward_mean']:.3f}"
           f" ({'+' if best['reward_gain'] >= 0 else ''}{best['reward_gain']:.3f}, "
@@ -201,6 +221,20 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
     print(f"report: {out / 'report.md'}  frontier: {out / 'frontier.png'}  adapter: {out / best['adapter']}  "
           f"({timings['total']:.0f} s)")
     return metrics
+
+
+def _decoding_runs(methods, model, tokenizer, prompts, reward, ecfg, ref, ref_context, suffix: str) -> list[dict]:
+    """Decoding-time methods evaluated like the trained runs (``prefalign evaluate --decode``)."""
+    from prefalign.evaluate.decoding import evaluate_decoding
+
+    runs = []
+    for method, hp in methods:
+        shown = ", ".join(f"{k}={v:g}" for k, v in hp.items() if k != "principle")
+        run = evaluate_decoding(method, hp, model, tokenizer, prompts, reward, ecfg, ref,
+                                reference_context=ref_context, name=f"{method} ({shown}){suffix}")
+        run["label"] = f"{method} {shown}"
+        runs.append(run)
+    return runs
 
 
 def _steps(cfg: DemoConfig, max_pairs: int) -> int:
