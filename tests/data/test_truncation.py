@@ -96,7 +96,7 @@ def test_report_token_lengths_render_and_atomic_save(tiny_tok, tmp_path):
 
 def test_report_to_dict_keys():
     assert list(PreprocessReport("d").to_dict()) == ["path", "rows_read", "rows_kept", "invalid_skipped", "dropped",
-                                                     "truncated", "tokens"]
+                                                     "ties", "truncated", "tokens"]
 
 
 def test_bad_truncation_settings_are_programming_errors(tiny_tok):

@@ -25,27 +25,30 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prefalign.data.types import PairExample, PointExample
+from prefalign.data.types import PairExample, PointExample, SampleExample
 from prefalign.data.validate import Rows
 from prefalign.errors import UserError
 
 TRUNCATION = ("keep_start", "keep_end")
-STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "_row")
+STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "samples", "_row")
 
 
 def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation: str = "keep_start"):
-    """(examples, report): PairExample for paired rows, PointExample for unpaired; dropped rows are counted."""
+    """(examples, report): PairExample for paired rows, PointExample for unpaired, SampleExample for sample rows
+    (the negative and all K samples are truncated together, like a pair); dropped rows are counted."""
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {TRUNCATION}, got {truncation!r}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
     split = _Splitter(tokenizer)
-    fields = ("chosen", "rejected") if rows.kind == "paired" else ("completion",)
-    report = PreprocessReport(rows.path, rows_read=rows.read, invalid_skipped=dict(rows.skipped))
+    fields = {"paired": ("chosen", "rejected"), "unpaired": ("completion",), "samples": ("rejected",)}[rows.kind]
+    report = PreprocessReport(rows.path, rows_read=rows.read, invalid_skipped=dict(rows.skipped), ties=rows.ties)
     examples, lengths = [], {"prompt": [], "completion": [], "total": []}
     for row in rows.rows:
         where = f"{rows.path}:row {row['_row']}"
-        prompt, comps = split(where, row["prompt"], {name: row[name] for name in fields})
+        named = {name: row[name] for name in fields}
+        named.update({f"samples[{i}]": c for i, c in enumerate(row.get("samples", ()))})
+        prompt, comps = split(where, row["prompt"], named)
         out = truncate(prompt, comps, max_length, truncation)
         if isinstance(out, str):
             report.dropped[out] = report.dropped.get(out, 0) + 1
@@ -55,6 +58,8 @@ def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation
         extras = {k: v for k, v in row.items() if k not in STANDARD_KEYS}
         if rows.kind == "paired":
             examples.append(PairExample(row["_row"], prompt, comps[0], comps[1], extras))
+        elif rows.kind == "samples":
+            examples.append(SampleExample(row["_row"], prompt, comps[0], comps[1:], extras))
         else:
             examples.append(PointExample(row["_row"], prompt, comps[0], row["label"], extras))
         lengths["prompt"].append(len(prompt))
@@ -166,6 +171,7 @@ class PreprocessReport:
     rows_kept: int = 0
     invalid_skipped: dict[str, int] = field(default_factory=dict)  # problem kind → rows (with --skip-invalid)
     dropped: dict[str, int] = field(default_factory=dict)  # too long for max_length: reason → rows
+    ties: int = 0  # n-sample rows dropped: best and worst scores tie (no preference)
     truncated: int = 0  # rows kept but shortened
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # prompt/completion/total → percentiles, kept rows
 
@@ -174,6 +180,8 @@ class PreprocessReport:
 
     def render(self) -> str:
         lines = [f"data {self.path}: {self.rows_read} rows read, {self.rows_kept} kept, {self.truncated} truncated"]
+        if self.ties:
+            lines.append(f"  dropped as tied: {self.ties} (n-sample rows whose best and worst scores tie)")
         for title, counts in (("skipped as invalid", self.invalid_skipped), ("dropped by max_length", self.dropped)):
             if counts:
                 lines.append(f"  {title}: " + ", ".join(f"{n} ({reason})" for reason, n in sorted(counts.items())))

@@ -25,3 +25,14 @@ class PointExample:
     completion_ids: list[int]
     label: bool
     extras: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SampleExample:
+    """One D2O row: a human negative and K ≥ 1 self-generated samples of the same prompt."""
+
+    row: int
+    prompt_ids: list[int]
+    rejected_ids: list[int]
+    sample_ids: list[list[int]]  # K completions
+    extras: dict[str, float] = field(default_factory=dict)

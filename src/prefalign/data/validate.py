@@ -3,9 +3,14 @@
 Paired rows: ``prompt``, ``chosen``, ``rejected`` — all plain strings, or all lists of chat messages
 (``{role, content}``); or the implicit-prompt form: no ``prompt``, and ``chosen``/``rejected`` conversations that
 share their leading turns and differ only in their final assistant turn(s) (the shared turns become the prompt,
-like TRL's ``extract_prompt``). Unpaired rows: ``prompt``, ``completion``, ``label`` (a JSON boolean). Unknown
-columns are ignored, as in TRL; numeric fields the objective declares (e.g. ``pref_prob``) must be finite numbers.
-Problems read ``path:row N: field 'x': what is wrong``.
+like TRL's ``extract_prompt``); or **n-sample** rows: ``prompt``, ``completions`` (a list of ≥ 2 completions) and
+``scores`` (one finite number per completion), which become the pair best (first argmax) vs worst (first argmin),
+with ``score_chosen``/``score_rejected`` set to those scores; n-sample rows whose best and worst scores tie carry no
+preference and are dropped and counted (``Rows.ties``). Unpaired rows: ``prompt``, ``completion``, ``label`` (a JSON
+boolean). Sample rows (D2O): ``prompt``, ``rejected`` (a human negative) and ``samples`` (a list of ≥ 1
+self-generated completions). Unknown columns are ignored, as in TRL; numeric fields the objective declares (e.g.
+``pref_prob``, ``score_chosen``) must be finite numbers; ``score_chosen``/``score_rejected`` may also be spelled
+``chosen_score``/``rejected_score``. Problems read ``path:row N: field 'x': what is wrong``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from prefalign.data.io import read_table
 from prefalign.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
-KINDS = ("paired", "unpaired")
+KINDS = ("paired", "unpaired", "samples")
+# Declared numeric fields that rows may spell either way (TRL/UltraFeedback and `prefalign label` write score_*).
+ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score", "chosen_score": "score_chosen",
+           "rejected_score": "score_rejected"}
 MAX_SHOWN = 20  # problems listed in the error; the count covers all of them
 Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --skip-invalid
 
@@ -26,14 +34,15 @@ Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --
 @dataclass
 class Rows:
     path: str
-    kind: str  # "paired" | "unpaired"
+    kind: str  # "paired" | "unpaired" | "samples"
     rows: list[dict]  # normalised: prompt/chosen/rejected (or prompt/completion/label), "_row", declared extras
     skipped: dict[str, int] = field(default_factory=dict)  # problem kind → rows dropped by --skip-invalid
+    ties: int = 0  # valid n-sample rows dropped because their best and worst scores tie
 
     @property
     def read(self) -> int:
         """Rows in the source: each skipped row is counted once, under its first problem."""
-        return len(self.rows) + sum(self.skipped.values())
+        return len(self.rows) + sum(self.skipped.values()) + self.ties
 
 
 def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (), skip_invalid: bool = False) -> Rows:
@@ -43,12 +52,14 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
     raw, unreadable = read_table(path)
     found: list[tuple[int, str, str]] = list(unreadable)  # (row, kind, message)
     bad_kinds = [kind_ for _, kind_, _ in unreadable]  # one entry per bad row: the kind of its first problem
-    rows = []
+    rows, ties = [], 0
     for number, row in raw:
         norm, problems = check_row(f"{path}:row {number}", row, kind, extra_fields)
         if problems:
             found += [(number, *p) for p in problems]
             bad_kinds.append(problems[0][0])
+        elif norm.get("_tie"):
+            ties += 1
         else:
             rows.append({**norm, "_row": number})
     if found and not skip_invalid:
@@ -57,14 +68,23 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
         more = f" ({len(found)} problems, the first {MAX_SHOWN} listed)" if len(found) > MAX_SHOWN else ""
         raise UserError(path, f"{n} invalid row{'s' if n != 1 else ''}{more}", "fix them or pass --skip-invalid",
                         details=[msg for _, _, msg in found[:MAX_SHOWN]])
+    if not rows and ties:
+        raise UserError(path, f"no usable rows: the best and worst scores tie in all {ties} n-sample rows",
+                        "give completions with different scores")
     if not rows:
         raise UserError(path, "no valid rows", "fix the rows (run without --skip-invalid to list the problems)")
-    return Rows(path, kind, rows, dict(Counter(bad_kinds)))
+    return Rows(path, kind, rows, dict(Counter(bad_kinds)), ties)
 
 
 def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = ()) -> tuple[dict, list[Problem]]:
-    """The normalised row (only meaningful without problems) and its problems."""
-    norm, problems = (check_paired if kind == "paired" else check_unpaired)(where, row)
+    """The normalised row (only meaningful without problems; ``_tie`` marks a tied n-sample row) and its problems."""
+    if kind == "paired" and ("completions" in row or "scores" in row):
+        norm, problems = check_nsample(where, row)
+        if not problems:  # the pair's scores are row fields an objective may declare
+            row = {**row, "score_chosen": norm.pop("_best"), "score_rejected": norm.pop("_worst")}
+    else:
+        check = {"paired": check_paired, "unpaired": check_unpaired, "samples": check_samples}[kind]
+        norm, problems = check(where, row)
     extras, extra_problems = check_extras(where, row, extra_fields)
     return {**norm, **extras}, problems + extra_problems
 
@@ -108,10 +128,82 @@ def check_unpaired(where: str, row: dict) -> tuple[dict, list[Problem]]:
     return {"prompt": prompt, "completion": completion, "label": label}, problems
 
 
+def check_nsample(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    """An n-sample row → its best-vs-worst pair (``_best``/``_worst`` = their scores; ``_tie`` when they tie)."""
+    if "chosen" in row or "rejected" in row:
+        return {}, [("mixed forms", f"{where}: field 'completions': give either 'chosen'/'rejected' or "
+                     "'completions'/'scores', not both")]
+    prompt, comps, scores = row.get("prompt"), row.get("completions"), row.get("scores")
+    problems = _present(where, "prompt", prompt)
+    problems += _list_of(where, "completions", comps, 2, "completions") + _list_of(where, "scores", scores, 1, "")
+    if problems:
+        return {}, problems
+    problems = _prompt(where, prompt)
+    for i, c in enumerate(comps):
+        name = f"completions[{i}]"
+        problems += _present(where, name, c) or _completion(where, name, c, prompt)
+    if len(scores) != len(comps):
+        problems.append(("length mismatch", f"{where}: field 'scores': {len(scores)} scores for {len(comps)} "
+                         "completions"))
+    for i, v in enumerate(scores):
+        if _finite(v) is None:
+            got = type(v).__name__ if not isinstance(v, (int, float)) or isinstance(v, bool) else repr(v)[:40]
+            problems.append(("wrong type", f"{where}: field 'scores[{i}]': expected a finite number, got {got}"))
+    if problems:
+        return {}, problems
+    values = [_finite(v) for v in scores]
+    best, worst = values.index(max(values)), values.index(min(values))  # first of equals: deterministic
+    norm = {"prompt": prompt, "chosen": comps[best], "rejected": comps[worst], "_best": values[best],
+            "_worst": values[worst]}
+    if values[best] == values[worst]:
+        return {**norm, "_tie": True}, []
+    if comps[best] == comps[worst]:
+        return norm, [("identical", f"{where}: field 'completions': the best (item {best}) and the worst (item "
+                       f"{worst}) are the same completion with different scores")]
+    return norm, []
+
+
+def check_samples(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    """A D2O row: the human negative ``rejected`` and K ≥ 1 self-generated ``samples`` of the prompt."""
+    prompt, rejected, samples = row.get("prompt"), row.get("rejected"), row.get("samples")
+    problems = _present(where, "prompt", prompt) + _present(where, "rejected", rejected)
+    problems += _list_of(where, "samples", samples, 1, "samples")
+    if problems:
+        return {}, problems
+    problems = _prompt(where, prompt) + _completion(where, "rejected", rejected, prompt)
+    for i, c in enumerate(samples):
+        name = f"samples[{i}]"
+        problems += _present(where, name, c) or _completion(where, name, c, prompt)
+    return {"prompt": prompt, "rejected": rejected, "samples": samples}, problems
+
+
+def _list_of(where: str, name: str, v, least: int, what: str) -> list[Problem]:
+    if v is None:
+        return [("missing field", f"{where}: field '{name}': missing")]
+    if not isinstance(v, list):
+        return [("wrong type", f"{where}: field '{name}': expected a list, got {type(v).__name__}")]
+    if what and len(v) < least:
+        return [("too few", f"{where}: field '{name}': needs at least {least} {what}, got {len(v)}")]
+    return []
+
+
+def _finite(v) -> float | None:
+    """v as a finite float, or None (bool is an int in Python, but true/false is not a score)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        number = float(v)
+    except OverflowError:  # a JSON integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_extras(where: str, row: dict, names: tuple[str, ...]) -> tuple[dict[str, float], list[Problem]]:
     values, problems = {}, []
     for name in names:
         v = row.get(name)
+        if v is None and name in ALIASES:
+            v = row.get(ALIASES[name])
         if v is None:
             problems.append(("missing field", f"{where}: field '{name}': missing"))
             continue
