@@ -2,7 +2,8 @@
 
 Per objective: the loss is finite at every step, it changes, and the objective's margin metric rises on a learnable
 set (chosen = a positive sentence, rejected = a negative one; unpaired rows: the same sentences labelled
-desirable / undesirable; ``pref_prob`` rows for objectives that declare it). Few steps, so this is a wiring test
+desirable / undesirable; sample rows (D2O): the negative sentence as ``rejected`` and two positive ones as
+``samples``; ``pref_prob`` rows for objectives that declare it). BoNBoN also trains from n-sample rows. Few steps, so this is a wiring test
 (right rows, right container, right gradient sign), not a convergence test.
 """
 
@@ -40,9 +41,34 @@ def write_points(path, n: int = 8):
     return path
 
 
+def write_samples(path, n: int = 8):
+    rows = []
+    for i in range(n):
+        item = ITEMS[i % len(ITEMS)]
+        rows.append({"prompt": f"Write one sentence about a {item} number {i}.",
+                     "rejected": f" The {item} is bad and sad.",
+                     "samples": [f" The {item} is good and nice.", f" The {item} is nice and good."]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_nsample(path, n: int = 8):
+    """n-sample rows whose best (score 1) is positive and worst (−1) negative; every fourth row ties (dropped)."""
+    rows = []
+    for i in range(n):
+        item = ITEMS[i % len(ITEMS)]
+        comps = [f" The {item} is fine.", f" The {item} is good and nice.", f" The {item} is bad and sad."]
+        rows.append({"prompt": f"Write one sentence about a {item} number {i}.", "completions": comps,
+                     "scores": [0.0, 0.0, 0.0] if i % 4 == 3 else [0.2, 1.0, -1.0]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def write_data(path, obj):
     if obj.row_kind == "unpaired":
         return write_points(path)
+    if obj.row_kind == "samples":
+        return write_samples(path)
     write_pairs(path, n=8)
     if obj.extra_fields:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -71,3 +97,15 @@ def test_objective_trains(name, tiny_model_dir, tmp_path):
     key = key.lstrip("-")
     first, last = logs[0][key], logs[-1][key]
     assert sign * (last - first) > 0, (key, [m.get(key) for m in logs])
+
+
+def test_bonbon_trains_from_nsample_rows(tiny_model_dir, tmp_path):
+    """n-sample rows → best-vs-worst pairs (ties dropped and reported) → BoNBoN's margin rises."""
+    data = write_nsample(tmp_path / "rows.jsonl")
+    cfg = config(tiny_model_dir, data, tmp_path / "out", max_steps=4, learning_rate=5e-3, batch_size=4,
+                 logging_steps=1, memory_probe=False, objective="bonbon", objective_args={"bonbon": {"alpha": 0.5}})
+    out = train(cfg, log=_quiet)
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert report["rows_read"] == 8 and report["ties"] == 2 and report["rows_kept"] == 6
+    logs = [m for m in read_metrics(out) if "loss" in m]
+    assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"]

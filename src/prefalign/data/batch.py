@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefalign.data.types import PairExample, PointExample
+from prefalign.data.types import PairExample, PointExample, SampleExample
 
 LAYOUTS = ("separate", "shared_prefix")
 
@@ -184,3 +184,52 @@ def collate_points(examples: list[PointExample], pad_id: int, layout: str = "sep
     extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
     labels = torch.tensor([bool(e.label) for e in examples], dtype=torch.bool)
     return PointBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras, labels=labels, num_points=b)
+
+
+@dataclass
+class SampleBatch(SeqBatch):
+    """A batch of B D2O rows: sequence i < B is prompt_i + rejected_i; sequences B, B+1, … are the samples of row
+    0, then row 1, …; sample sequence B + n is sample ``sample_slot[n]`` of row ``sample_row[n]``."""
+
+    sample_row: torch.Tensor | None = None  # [N] row of each sample sequence (N = Σ_b K_b)
+    sample_slot: torch.Tensor | None = None  # [N] its index k within the row
+    num_rows: int = 0
+
+    @property
+    def num_pairs(self) -> int:  # what the pair-oriented code reads as "rows of the batch"
+        return self.num_rows
+
+    def to(self, device) -> SampleBatch:
+        base = SeqBatch.to(self, device)
+        return SampleBatch(**{f: getattr(base, f) for f in SeqBatch.__dataclass_fields__},
+                           sample_row=self.sample_row.to(device), sample_slot=self.sample_slot.to(device),
+                           num_rows=self.num_rows)
+
+
+def collate_samples(examples: list[SampleExample], pad_id: int, layout: str = "separate", pack: bool = False,
+                    pad_to_multiple_of: int | None = None) -> SampleBatch:
+    """D2O rows through the same segment builder as pairs: ``shared_prefix`` puts the prompt once and the negative
+    and all K samples after it in one row (each completion sees only the prompt and itself); ``separate`` gives
+    every (prompt, completion) sequence its own row."""
+    b = len(examples)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    sample_row = [i for i, e in enumerate(examples) for _ in e.sample_ids]
+    sample_slot = [k for e in examples for k in range(len(e.sample_ids))]
+    first = [b]  # sequence id of row i's first sample
+    for e in examples:
+        first.append(first[-1] + len(e.sample_ids))
+    if layout == "shared_prefix":
+        rows = [[(e.prompt_ids, -1, -1), (e.rejected_ids, 0, i)]
+                + [(s, 0, first[i] + k) for k, s in enumerate(e.sample_ids)] for i, e in enumerate(examples)]
+    else:
+        rows = [[(e.prompt_ids, -1, -1), (e.rejected_ids, 0, i)] for i, e in enumerate(examples)]
+        rows += [[(e.prompt_ids, -1, -1), (s, 0, first[i] + k)] for i, e in enumerate(examples)
+                 for k, s in enumerate(e.sample_ids)]
+    if pack:
+        rows = _pack(rows)
+    ids, mask, pos, scoring, real = _build(rows, first[-1], pad_id, layout != "separate" or pack, pad_to_multiple_of)
+    extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
+    return SampleBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras,
+                       sample_row=torch.tensor(sample_row, dtype=torch.long),
+                       sample_slot=torch.tensor(sample_slot, dtype=torch.long), num_rows=b)

@@ -4,7 +4,14 @@
 >>> obj = objectives.get("dpo", beta=0.1)
 """
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, PointLogps, reward_metrics
+from prefalign.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    PairLogps,
+    PointLogps,
+    SampleLogps,
+    reward_metrics,
+)
 from prefalign.objectives.combine import Combined, combine
 from prefalign.objectives.registry import get, get_class, hparam_names, names, register
 
@@ -14,6 +21,7 @@ __all__ = [
     "ObjectiveOutput",
     "PairLogps",
     "PointLogps",
+    "SampleLogps",
     "combine",
     "get",
     "get_class",

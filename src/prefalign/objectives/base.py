@@ -82,6 +82,34 @@ class PointLogps:
 
 
 @dataclass
+class SampleLogps:
+    """Log-probs for B rows of one human negative y_l and K self-generated samples y_1..y_K each (D2O's rows).
+
+    K may differ between rows: ``*_samples`` are [B, K_max], zero where ``sample_mask`` is False.
+    """
+
+    policy_rejected: torch.Tensor  # [B] summed log π_θ(y_l|x)
+    policy_samples: torch.Tensor  # [B, K] summed log π_θ(y_k|x)
+    sample_mask: torch.Tensor  # [B, K] bool: True where row b has a k-th sample
+    ref_rejected: torch.Tensor | None = None  # [B]
+    ref_samples: torch.Tensor | None = None  # [B, K]
+    rejected_tokens: torch.Tensor | None = None  # [B]
+    sample_tokens: torch.Tensor | None = None  # [B, K]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sample_mask = self.sample_mask.bool()
+        if self.rejected_tokens is None:
+            self.rejected_tokens = torch.ones_like(self.policy_rejected)
+        if self.sample_tokens is None:
+            self.sample_tokens = self.sample_mask.to(self.policy_samples.dtype)
+
+    @property
+    def batch_size(self) -> int:
+        return self.policy_rejected.shape[0]
+
+
+@dataclass
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar: the mean of ``per_example`` unless the objective says otherwise
     per_example: torch.Tensor  # [B]
@@ -103,7 +131,7 @@ class Objective:
     needs_token_log_sum_sq: ClassVar[bool] = False
     # Per-token log-probs of the *reference* too (``ref_*_token_logps``); a precomputed reference lacks them.
     needs_ref_token_logps: ClassVar[bool] = False
-    row_kind: ClassVar[str] = "paired"  # "paired" | "unpaired" | "ranked"
+    row_kind: ClassVar[str] = "paired"  # "paired" | "unpaired" | "samples" (SampleLogps) | "ranked"
     extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
 
     def __call__(self, logps: PairLogps) -> ObjectiveOutput:

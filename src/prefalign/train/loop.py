@@ -20,11 +20,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from prefalign.data import collate_pairs, encode_rows, load_rows
-from prefalign.data.batch import collate_points
+from prefalign.data.batch import collate_points, collate_samples
 from prefalign.errors import UserError
 from prefalign.logps import sequence_logps
 from prefalign.model import add_lora, disable_dropout, load_model, load_tokenizer
-from prefalign.objectives import PairLogps, PointLogps
+from prefalign.objectives import PairLogps, PointLogps, SampleLogps
 from prefalign.reference import Reference
 from prefalign.train import checkpoint as ckpt
 from prefalign.train import precompute
@@ -82,10 +82,29 @@ def to_point_logps(pol, ref_seq, batch) -> PointLogps:
     )
 
 
+def to_sample_logps(pol, ref_seq, batch) -> SampleLogps:
+    """SampleLogps of a ``collate_samples`` batch: sequences [0, B) are the negatives, the rest the samples."""
+    b = batch.num_rows
+    k = int(batch.sample_slot.max()) + 1 if batch.sample_slot.numel() else 0
+
+    def grid(flat):  # [N] per sample sequence → [B, K], zero where a row has fewer samples
+        return flat.new_zeros(b, k).index_put((batch.sample_row, batch.sample_slot), flat)
+
+    mask = grid(torch.ones_like(pol.seq_logps[b:], dtype=torch.bool))
+    return SampleLogps(
+        policy_rejected=pol.seq_logps[:b], policy_samples=grid(pol.seq_logps[b:]), sample_mask=mask,
+        ref_rejected=None if ref_seq is None else ref_seq[:b], ref_samples=None if ref_seq is None else grid(ref_seq[b:]),
+        rejected_tokens=pol.n_tokens[:b].float(), sample_tokens=grid(pol.n_tokens[b:].float()), extras=batch.extras,
+    )
+
+
 def _logp_metrics(pol, batch) -> dict[str, float]:
-    """Mean per-token log-prob of chosen and rejected completions (unpaired: desirable and undesirable rows)."""
+    """Mean per-token log-prob of chosen and rejected completions (unpaired: desirable and undesirable rows; sample
+    rows: the self-generated samples and the negatives)."""
     b = batch.num_pairs
     avg = pol.seq_logps.detach() / pol.n_tokens.clamp(min=1)
+    if getattr(batch, "sample_row", None) is not None:  # SampleBatch
+        return {"logps/chosen": avg[b:].mean().item(), "logps/rejected": avg[:b].mean().item()}
     lab = getattr(batch, "labels", None)  # PointBatch only
     if lab is None:
         return {"logps/chosen": avg[:b].mean().item(), "logps/rejected": avg[b:].mean().item()}
@@ -100,12 +119,12 @@ class Trainer:
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.objective = build_objective(cfg)
         self.row_kind = self.objective.row_kind
-        if self.row_kind not in ("paired", "unpaired"):
+        if self.row_kind not in ("paired", "unpaired", "samples"):
             raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, "
                             "which `prefalign train` does not support yet", "use a paired or unpaired objective")
         self.ref_kind = reference_kind(cfg, self.objective)
-        if self.row_kind == "unpaired" and self.ref_kind == "precompute":
-            raise UserError("config", f"objective '{self.objective.name}' uses unpaired rows, whose reference "
+        if self.row_kind != "paired" and self.ref_kind == "precompute":
+            raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, whose reference "
                             "log-probs reference: precompute does not cache yet", "use reference: copy or adapter")
         self.out = check_output_dir(cfg)
         # Data first: every bad row is reported before any model is loaded.
@@ -169,6 +188,9 @@ class Trainer:
             return collate_points([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout,
                                   self.cfg.pack, mismatched=bool(getattr(self.objective, "needs_mismatched", False))
                                   ).to(self.acc.device)
+        if self.row_kind == "samples":
+            return collate_samples([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout,
+                                   self.cfg.pack).to(self.acc.device)
         batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout, self.cfg.pack)
         if self.ref_kind == "precompute":
             vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
@@ -184,6 +206,8 @@ class Trainer:
             self.ref_forward_passes += 1
         if self.row_kind == "unpaired":
             return obj(to_point_logps(pol, ref_seq, batch)), pol, ref_seq
+        if self.row_kind == "samples":
+            return obj(to_sample_logps(pol, ref_seq, batch)), pol, ref_seq
         return obj(to_pair_logps(pol, ref_seq, ref_tok, batch)), pol, ref_seq
 
     # ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import resource
 import torch
 
 from prefalign.data import PointExample, collate_pairs
-from prefalign.data.batch import collate_points
+from prefalign.data.batch import collate_points, collate_samples
+from prefalign.data.types import SampleExample
 
 
 def _gib(n: float) -> str:
@@ -18,7 +19,8 @@ def _gib(n: float) -> str:
 
 def longest(examples, k: int) -> list[int]:
     size = lambda e: len(e.prompt_ids) + sum(len(getattr(e, f, ())) for f in ("chosen_ids", "rejected_ids",  # noqa: E731
-                                                                         "completion_ids"))
+                                                                         "completion_ids")) + sum(
+        len(s) for s in getattr(e, "sample_ids", ()))
     return sorted(range(len(examples)), key=lambda i: -size(examples[i]))[:k]
 
 
@@ -27,7 +29,11 @@ def estimate(model, examples, cfg, ref_copy: bool) -> str:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     elem = next(model.parameters()).element_size()
-    collate = collate_points if examples and isinstance(examples[0], PointExample) else collate_pairs
+    collate = collate_pairs
+    if examples and isinstance(examples[0], PointExample):
+        collate = collate_points
+    elif examples and isinstance(examples[0], SampleExample):
+        collate = collate_samples
     batch = collate([examples[i] for i in longest(examples, cfg.batch_size)], 0, cfg.layout, cfg.pack)
     c = model.config
     h, inter, layers = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size), c.num_hidden_layers
