@@ -22,7 +22,7 @@ from prefalign.train.loop import train
 # objectives not listed get beta = 0.5 when they have one.
 OVERRIDES = {"simpo": {"beta": 2.0}, "bonbon": {"alpha": 0.5}}
 # The metric that must rise (else rewards/margins); "-nll" means nll must fall.
-METRIC = {"sft": "-nll"}
+METRIC = {"sft": "-nll", "poft": "-nll"}
 
 
 def _quiet(*a, **k):
@@ -82,7 +82,9 @@ def write_data(path, obj):
 def test_objective_trains(name, tiny_model_dir, tmp_path):
     obj = O.get(name)
     data = write_data(tmp_path / "rows.jsonl", obj)
-    hp = OVERRIDES.get(name, {"beta": 0.5} if "beta" in O.hparam_names(name) else {})
+    hp = dict(OVERRIDES.get(name, {"beta": 0.5} if "beta" in O.hparam_names(name) else {}))
+    if obj.needs_aligned_logps:  # PoFT: the initial model itself as the one frozen "aligned" model
+        hp["aligned_models"] = [str(tiny_model_dir)]
     beta = hp.pop("beta", 0.1)
     cfg = config(tiny_model_dir, data, tmp_path / "out", max_steps=4, learning_rate=5e-3, batch_size=4,
                  logging_steps=1, memory_probe=False, beta=beta, objective=name,
@@ -109,3 +111,11 @@ def test_bonbon_trains_from_nsample_rows(tiny_model_dir, tmp_path):
     assert report["rows_read"] == 8 and report["ties"] == 2 and report["rows_kept"] == 6
     logs = [m for m in read_metrics(out) if "loss" in m]
     assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"]
+
+
+def test_poft_without_aligned_models_is_a_config_error(tiny_model_dir, tmp_path):
+    from prefalign.errors import UserError
+
+    data = write_pairs(tmp_path / "rows.jsonl", n=8)
+    with pytest.raises(UserError, match="needs frozen aligned models"):
+        train(config(tiny_model_dir, data, tmp_path / "out", objective="poft"), log=_quiet)

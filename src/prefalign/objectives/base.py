@@ -41,8 +41,10 @@ class PairLogps:
     # log Σ_v π_θ(v|x, y_<t)² per completion position (WPO weights); see ``needs_token_log_sum_sq``.
     policy_chosen_token_log_sum_sq: torch.Tensor | None = None  # [B, Tc]
     policy_rejected_token_log_sum_sq: torch.Tensor | None = None  # [B, Tr]
-    # Extra row fields an objective declares (e.g. "pref_prob", "chosen_score"), each a [B] tensor.
+    # Extra row fields an objective declares (e.g. "pref_prob", "score_chosen"), each a [B] tensor.
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Summed log p_j(y_w|x) of M frozen "aligned" models, for objectives that set ``needs_aligned_logps`` (PoFT).
+    aligned_chosen: torch.Tensor | None = None  # [B, M]
 
     def __post_init__(self) -> None:
         if self.chosen_tokens is None:
@@ -131,6 +133,9 @@ class Objective:
     needs_token_log_sum_sq: ClassVar[bool] = False
     # Per-token log-probs of the *reference* too (``ref_*_token_logps``); a precomputed reference lacks them.
     needs_ref_token_logps: ClassVar[bool] = False
+    # Log-probs of the chosen responses under frozen "aligned" models (``PairLogps.aligned_chosen``); the objective
+    # then has an ``aligned_models`` hyperparameter naming their folders.
+    needs_aligned_logps: ClassVar[bool] = False
     row_kind: ClassVar[str] = "paired"  # "paired" | "unpaired" | "samples" (SampleLogps) | "ranked"
     extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
 

@@ -65,6 +65,7 @@ def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
         ref_rejected_token_logps=None if ref_tok is None else ref_tok[b:],
         chosen_mask=pol.mask[:b], rejected_mask=pol.mask[b:], extras=batch.extras,
     )
+    pair.aligned_chosen = batch.aligned_logps
     if pol.token_logsq is not None:
         pair.policy_chosen_token_log_sum_sq = pol.token_logsq[:b]
         pair.policy_rejected_token_log_sum_sq = pol.token_logsq[b:]
@@ -126,6 +127,9 @@ class Trainer:
         if self.row_kind != "paired" and self.ref_kind == "precompute":
             raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, whose reference "
                             "log-probs reference: precompute does not cache yet", "use reference: copy or adapter")
+        if self.objective.needs_aligned_logps and not self.objective.aligned_models:
+            raise UserError("config", f"objective '{self.objective.name}' needs frozen aligned models",
+                            f"set objective_args: {{{self.objective.name}: {{aligned_models: [folder, ...]}}}}")
         self.out = check_output_dir(cfg)
         # Data first: every bad row is reported before any model is loaded.
         rows = load_rows(cfg.data, kind=self.row_kind, extra_fields=self.objective.extra_fields,
@@ -165,6 +169,12 @@ class Trainer:
             cache_dir = cfg.reference_cache_dir or str(Path(cfg.output_dir).resolve().parent / ".prefalign-cache")
             self.ref_cache, self.ref_cache_hit = precompute.reference_logps(
                 self.acc, model, self.tokenizer, self.examples + self.eval_examples, cfg, cache_dir, self.log)
+        self.aligned_cache = None  # [examples + eval examples, M] (PoFT's aligned models)
+        if self.objective.needs_aligned_logps:
+            cache_dir = cfg.reference_cache_dir or str(Path(cfg.output_dir).resolve().parent / ".prefalign-cache")
+            self.aligned_cache = precompute.aligned_logps(self.acc, list(self.objective.aligned_models),
+                                                          self.tokenizer, self.examples + self.eval_examples, cfg,
+                                                          cache_dir, self.log)
         self.ref_forward_passes = 0
         self.global_batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
         per_epoch = math.ceil(len(self.examples) / self.global_batch)
@@ -195,6 +205,8 @@ class Trainer:
         if self.ref_kind == "precompute":
             vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
             batch.ref_logps = torch.cat([vals[:, 0], vals[:, 1]])  # [2b]
+        if self.aligned_cache is not None:
+            batch.aligned_logps = self.aligned_cache[[offset + i for i in idx]]  # [b, M]
         return batch.to(self.acc.device)
 
     def _forward(self, batch, grad: bool = True):
