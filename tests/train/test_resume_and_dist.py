@@ -29,9 +29,12 @@ def _cli(cfg_path, *extra, env=None, check=True):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["after_step:3", "accumulated:4", "mid_checkpoint:4", "after_checkpoint:4"])
+@pytest.mark.parametrize("fault", ["after_step:1", "after_step:3", "accumulated:4", "before_checkpoint:6",
+                                   "mid_checkpoint:4", "after_checkpoint:4"])
 def test_resume_after_kill_is_bitwise_identical(tiny_model_dir, tmp_path, fault):
-    """2N steps straight vs kill -9 at step ~N then --resume: identical weights (CPU fp32)."""
+    """8 steps straight vs kill -9 then --resume: identical weights (CPU fp32). Moments: early (step 1, before any
+    checkpoint: the resume starts over), mid-epoch after a step, between accumulated micro-batches and the update,
+    just before, during and right after a checkpoint write."""
     data = write_pairs(tmp_path / "d.jsonl", n=16)
     straight = config(tiny_model_dir, data, tmp_path / "straight", max_steps=8, save_steps=2,
                       gradient_accumulation_steps=2, batch_size=2, lr_scheduler="cosine", warmup_steps=2)
