@@ -9,6 +9,7 @@ from prefalign import objectives
 from prefalign.data.batch import collate_pairs
 from prefalign.data.types import PairExample
 from prefalign.logps import sequence_logps
+from prefalign.model import enable_checkpointing
 from prefalign.testing import tiny_model
 
 
@@ -68,8 +69,8 @@ def test_techniques_equal_plain_batches_loss_and_gradients(tiny_tok, name, layou
     for lay, pk, ck in (("separate", False, False), (layout, pack, ckpt)):
         model = tiny_model(tiny_tok, seed=4).train()  # checkpointing only acts in training mode
         if ck:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert model.is_gradient_checkpointing
+            enable_checkpointing(model)
+            assert model.is_activation_checkpointing
         batch = collate_pairs(exs, tiny_tok.pad_token_id, lay, pack=pk)
         pol = sequence_logps(model, batch, chunk_size=4)
         with torch.no_grad():

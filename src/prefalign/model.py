@@ -63,3 +63,11 @@ def _check_exists(path: str) -> None:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant: works with frozen inputs such as LoRA's)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -23,7 +23,7 @@ from prefalign.data import collate_pairs, encode_rows, load_rows
 from prefalign.data.batch import collate_points, collate_samples
 from prefalign.errors import UserError
 from prefalign.logps import sequence_logps
-from prefalign.model import add_lora, disable_dropout, load_model, load_tokenizer
+from prefalign.model import add_lora, disable_dropout, enable_checkpointing, load_model, load_tokenizer
 from prefalign.objectives import PairLogps, PointLogps, SampleLogps
 from prefalign.reference import Reference
 from prefalign.train import checkpoint as ckpt
@@ -66,6 +66,8 @@ def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
         chosen_mask=pol.mask[:b], rejected_mask=pol.mask[b:], extras=batch.extras,
     )
     pair.aligned_chosen = batch.aligned_logps
+    if batch.token_marks is not None:  # revision rows (FIGA)
+        pair.chosen_marks, pair.rejected_marks = batch.token_marks[:b], batch.token_marks[b:]
     if pol.token_logsq is not None:
         pair.policy_chosen_token_log_sum_sq = pol.token_logsq[:b]
         pair.policy_rejected_token_log_sum_sq = pol.token_logsq[b:]
@@ -120,11 +122,11 @@ class Trainer:
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.objective = build_objective(cfg)
         self.row_kind = self.objective.row_kind
-        if self.row_kind not in ("paired", "unpaired", "samples"):
+        if self.row_kind not in ("paired", "unpaired", "samples", "revision"):
             raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, "
                             "which `prefalign train` does not support yet", "use a paired or unpaired objective")
         self.ref_kind = reference_kind(cfg, self.objective)
-        if self.row_kind != "paired" and self.ref_kind == "precompute":
+        if self.row_kind not in ("paired", "revision") and self.ref_kind == "precompute":
             raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, whose reference "
                             "log-probs reference: precompute does not cache yet", "use reference: copy or adapter")
         if self.objective.needs_aligned_logps and not self.objective.aligned_models:
@@ -159,8 +161,8 @@ class Trainer:
         model = load_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
         if cfg.disable_dropout:
             disable_dropout(model)
-        if cfg.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and the 4D masks
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
         if cfg.lora:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         model.config.use_cache = False
