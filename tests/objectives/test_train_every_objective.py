@@ -3,7 +3,8 @@
 Per objective: the loss is finite at every step, it changes, and the objective's margin metric rises on a learnable
 set (chosen = a positive sentence, rejected = a negative one; unpaired rows: the same sentences labelled
 desirable / undesirable; sample rows (D2O): the negative sentence as ``rejected`` and two positive ones as
-``samples``; ``pref_prob`` rows for objectives that declare it). BoNBoN also trains from n-sample rows. Few steps, so this is a wiring test
+``samples``; revision rows (FIGA): the negative sentence as ``initial``, the positive one as ``revised``;
+``pref_prob`` rows for objectives that declare it). BoNBoN also trains from n-sample rows. Few steps, so this is a wiring test
 (right rows, right container, right gradient sign), not a convergence test.
 """
 
@@ -22,7 +23,7 @@ from prefalign.train.loop import train
 # objectives not listed get beta = 0.5 when they have one.
 OVERRIDES = {"simpo": {"beta": 2.0}, "bonbon": {"alpha": 0.5}}
 # The metric that must rise (else rewards/margins); "-nll" means nll must fall.
-METRIC = {"sft": "-nll", "poft": "-nll"}
+METRIC = {"sft": "-nll", "poft": "-nll", "figa": "-figa/nll_added"}
 
 
 def _quiet(*a, **k):
@@ -52,6 +53,17 @@ def write_samples(path, n: int = 8):
     return path
 
 
+def write_revisions(path, n: int = 8):
+    """FIGA rows: the revision replaces the negative words of the initial answer with positive ones."""
+    rows = []
+    for i in range(n):
+        item = ITEMS[i % len(ITEMS)]
+        rows.append({"prompt": f"Write one sentence about a {item} number {i}.",
+                     "initial": f" The {item} is bad and sad.", "revised": f" The {item} is good and nice."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def write_nsample(path, n: int = 8):
     """n-sample rows whose best (score 1) is positive and worst (−1) negative; every fourth row ties (dropped)."""
     rows = []
@@ -69,6 +81,8 @@ def write_data(path, obj):
         return write_points(path)
     if obj.row_kind == "samples":
         return write_samples(path)
+    if obj.row_kind == "revision":
+        return write_revisions(path)
     write_pairs(path, n=8)
     if obj.extra_fields:
         rows = [json.loads(line) for line in path.read_text().splitlines()]

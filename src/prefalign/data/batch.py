@@ -50,6 +50,7 @@ class SeqBatch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per declared field
     ref_logps: torch.Tensor | None = None  # [2B] cached reference log-probs, when precomputed
     aligned_logps: torch.Tensor | None = None  # [B, M] cached log-probs of the chosen under M aligned models (PoFT)
+    token_marks: torch.Tensor | None = None  # [2B, T] revision rows' 0/1 token marks per sequence (FIGA), 0 past ends
 
     @property
     def num_pairs(self) -> int:
@@ -64,7 +65,8 @@ class SeqBatch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
         return SeqBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
                         self.scoring.to(device), move(self.real), self.rows,
-                        {k: move(v) for k, v in self.extras.items()}, move(self.ref_logps), move(self.aligned_logps))
+                        {k: move(v) for k, v in self.extras.items()}, move(self.ref_logps), move(self.aligned_logps),
+                        move(self.token_marks))
 
 
 def _build(rows: list[list[tuple[list[int], int, int]]], num_seqs: int, pad_id: int, mask_4d: bool,
@@ -141,7 +143,13 @@ def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separ
         rows = _pack(rows)
     ids, mask, pos, scoring, real = _build(rows, 2 * b, pad_id, layout != "separate" or pack, pad_to_multiple_of)
     extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
-    return SeqBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras)
+    marks = None
+    if b and examples[0].chosen_marks is not None:  # revision rows: marks in sequence order, like the log-probs
+        marks = torch.zeros(2 * b, scoring.width)  # [2B, T]
+        for i, e in enumerate(examples):
+            marks[i, : len(e.chosen_marks)] = torch.tensor(e.chosen_marks, dtype=torch.float)
+            marks[b + i, : len(e.rejected_marks)] = torch.tensor(e.rejected_marks, dtype=torch.float)
+    return SeqBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras, token_marks=marks)
 
 
 @dataclass

@@ -25,23 +25,27 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prefalign.data.revision import revision_marks
 from prefalign.data.types import PairExample, PointExample, SampleExample
 from prefalign.data.validate import Rows
 from prefalign.errors import UserError
 
 TRUNCATION = ("keep_start", "keep_end")
-STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "samples", "_row")
+STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "samples", "initial", "revised", "_row")
 
 
 def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation: str = "keep_start"):
     """(examples, report): PairExample for paired rows, PointExample for unpaired, SampleExample for sample rows
-    (the negative and all K samples are truncated together, like a pair); dropped rows are counted."""
+    (the negative and all K samples are truncated together, like a pair); dropped rows are counted. Revision rows
+    become PairExamples (chosen = revised, rejected = initial) whose token marks come from diffing the two
+    completions' ids *after* truncation, so marks and tokens always line up."""
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {TRUNCATION}, got {truncation!r}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
     split = _Splitter(tokenizer)
-    fields = {"paired": ("chosen", "rejected"), "unpaired": ("completion",), "samples": ("rejected",)}[rows.kind]
+    fields = {"paired": ("chosen", "rejected"), "unpaired": ("completion",), "samples": ("rejected",),
+              "revision": ("revised", "initial")}[rows.kind]
     report = PreprocessReport(rows.path, rows_read=rows.read, invalid_skipped=dict(rows.skipped), ties=rows.ties)
     examples, lengths = [], {"prompt": [], "completion": [], "total": []}
     for row in rows.rows:
@@ -58,6 +62,9 @@ def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation
         extras = {k: v for k, v in row.items() if k not in STANDARD_KEYS}
         if rows.kind == "paired":
             examples.append(PairExample(row["_row"], prompt, comps[0], comps[1], extras))
+        elif rows.kind == "revision":
+            added, removed = revision_marks(initial=comps[1], revised=comps[0])
+            examples.append(PairExample(row["_row"], prompt, comps[0], comps[1], extras, added, removed))
         elif rows.kind == "samples":
             examples.append(SampleExample(row["_row"], prompt, comps[0], comps[1:], extras))
         else:

@@ -14,6 +14,10 @@ class PairExample:
     chosen_ids: list[int]
     rejected_ids: list[int]
     extras: dict[str, float] = field(default_factory=dict)  # declared numeric row fields (e.g. pref_prob)
+    # Revision rows (FIGA): chosen = the revised answer, rejected = the initial one; 0/1 per completion token:
+    # chosen tokens the revision added or changed, rejected tokens it removed (data/revision.py).
+    chosen_marks: list[int] | None = None
+    rejected_marks: list[int] | None = None
 
 
 @dataclass

@@ -8,7 +8,8 @@ like TRL's ``extract_prompt``); or **n-sample** rows: ``prompt``, ``completions`
 with ``score_chosen``/``score_rejected`` set to those scores; n-sample rows whose best and worst scores tie carry no
 preference and are dropped and counted (``Rows.ties``). Unpaired rows: ``prompt``, ``completion``, ``label`` (a JSON
 boolean). Sample rows (D2O): ``prompt``, ``rejected`` (a human negative) and ``samples`` (a list of ≥ 1
-self-generated completions). Unknown columns are ignored, as in TRL; numeric fields the objective declares (e.g.
+self-generated completions). Revision rows (FIGA): ``prompt``, ``initial`` (an answer) and ``revised`` (its
+revision, which must differ from it). Unknown columns are ignored, as in TRL; numeric fields the objective declares (e.g.
 ``pref_prob``, ``score_chosen``) must be finite numbers; ``score_chosen``/``score_rejected`` may also be spelled
 ``chosen_score``/``rejected_score``. Problems read ``path:row N: field 'x': what is wrong``.
 """
@@ -23,7 +24,7 @@ from prefalign.data.io import read_table
 from prefalign.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
-KINDS = ("paired", "unpaired", "samples")
+KINDS = ("paired", "unpaired", "samples", "revision")
 # Declared numeric fields that rows may spell either way (TRL/UltraFeedback and `prefalign label` write score_*).
 ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score", "chosen_score": "score_chosen",
            "rejected_score": "score_rejected"}
@@ -34,7 +35,7 @@ Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --
 @dataclass
 class Rows:
     path: str
-    kind: str  # "paired" | "unpaired" | "samples"
+    kind: str  # "paired" | "unpaired" | "samples" | "revision"
     rows: list[dict]  # normalised: prompt/chosen/rejected (or prompt/completion/label), "_row", declared extras
     skipped: dict[str, int] = field(default_factory=dict)  # problem kind → rows dropped by --skip-invalid
     ties: int = 0  # valid n-sample rows dropped because their best and worst scores tie
@@ -83,7 +84,8 @@ def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = 
         if not problems:  # the pair's scores are row fields an objective may declare
             row = {**row, "score_chosen": norm.pop("_best"), "score_rejected": norm.pop("_worst")}
     else:
-        check = {"paired": check_paired, "unpaired": check_unpaired, "samples": check_samples}[kind]
+        check = {"paired": check_paired, "unpaired": check_unpaired, "samples": check_samples,
+                 "revision": check_revision}[kind]
         norm, problems = check(where, row)
     extras, extra_problems = check_extras(where, row, extra_fields)
     return {**norm, **extras}, problems + extra_problems
@@ -175,6 +177,20 @@ def check_samples(where: str, row: dict) -> tuple[dict, list[Problem]]:
         name = f"samples[{i}]"
         problems += _present(where, name, c) or _completion(where, name, c, prompt)
     return {"prompt": prompt, "rejected": rejected, "samples": samples}, problems
+
+
+def check_revision(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    """A FIGA row: an ``initial`` answer and its ``revised`` version (which must differ) for the prompt."""
+    prompt, initial, revised = row.get("prompt"), row.get("initial"), row.get("revised")
+    problems = _present(where, "prompt", prompt) + _present(where, "initial", initial)
+    problems += _present(where, "revised", revised)
+    if problems:
+        return {}, problems
+    problems = _prompt(where, prompt) + _completion(where, "initial", initial, prompt)
+    problems += _completion(where, "revised", revised, prompt)
+    if not problems and initial == revised:
+        problems.append(("identical", f"{where}: field 'revised': identical to 'initial' (nothing was revised)"))
+    return {"prompt": prompt, "initial": initial, "revised": revised}, problems
 
 
 def _list_of(where: str, name: str, v, least: int, what: str) -> list[Problem]:

@@ -45,6 +45,10 @@ class PairLogps:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     # Summed log p_j(y_w|x) of M frozen "aligned" models, for objectives that set ``needs_aligned_logps`` (PoFT).
     aligned_chosen: torch.Tensor | None = None  # [B, M]
+    # Revision rows (``row_kind = "revision"``, FIGA): chosen = revised y, rejected = initial ŷ; 0/1 per token: chosen
+    # tokens the revision added or changed, rejected tokens it deleted or replaced (data/revision.py).
+    chosen_marks: torch.Tensor | None = None  # [B, Tc]
+    rejected_marks: torch.Tensor | None = None  # [B, Tr]
 
     def __post_init__(self) -> None:
         if self.chosen_tokens is None:
@@ -136,7 +140,8 @@ class Objective:
     # Log-probs of the chosen responses under frozen "aligned" models (``PairLogps.aligned_chosen``); the objective
     # then has an ``aligned_models`` hyperparameter naming their folders.
     needs_aligned_logps: ClassVar[bool] = False
-    row_kind: ClassVar[str] = "paired"  # "paired" | "unpaired" | "samples" (SampleLogps) | "ranked"
+    # "paired" | "unpaired" | "samples" (SampleLogps) | "revision" (PairLogps with token marks) | "ranked"
+    row_kind: ClassVar[str] = "paired"
     extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
 
     def __call__(self, logps: PairLogps) -> ObjectiveOutput:
