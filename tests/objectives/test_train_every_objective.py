@@ -3,7 +3,8 @@
 Per objective: the loss is finite at every step, it changes, and the objective's margin metric rises on a learnable
 set (chosen = a positive sentence, rejected = a negative one; unpaired rows: the same sentences labelled
 desirable / undesirable; sample rows (D2O): the negative sentence as ``rejected`` and two positive ones as
-``samples``; revision rows (FIGA): the negative sentence as ``initial``, the positive one as ``revised``;
+``samples``; revision rows (FIGA): the negative sentence as ``initial``, the positive one as ``revised``; judgment rows (CUT): the negative sentence as ``completion`` with a judgment
+naming its negative words;
 ``pref_prob`` rows for objectives that declare it). BoNBoN also trains from n-sample rows. Few steps, so this is a wiring test
 (right rows, right container, right gradient sign), not a convergence test.
 """
@@ -23,7 +24,7 @@ from prefalign.train.loop import train
 # objectives not listed get beta = 0.5 when they have one.
 OVERRIDES = {"simpo": {"beta": 2.0}, "bonbon": {"alpha": 0.5}}
 # The metric that must rise (else rewards/margins); "-nll" means nll must fall.
-METRIC = {"sft": "-nll", "poft": "-nll", "figa": "-figa/nll_added"}
+METRIC = {"sft": "-nll", "poft": "-nll", "figa": "-figa/nll_added", "cut": "-cut/nll_judged"}
 
 
 def _quiet(*a, **k):
@@ -64,6 +65,18 @@ def write_revisions(path, n: int = 8):
     return path
 
 
+def write_judgments(path, n: int = 8):
+    """CUT rows: a negative answer and a judgment that names what is wrong with it."""
+    rows = []
+    for i in range(n):
+        item = ITEMS[i % len(ITEMS)]
+        rows.append({"prompt": f"Write one sentence about a {item} number {i}.",
+                     "completion": f" The {item} is bad and sad.",
+                     "judgment": "The words bad and sad are wrong here."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def write_nsample(path, n: int = 8):
     """n-sample rows whose best (score 1) is positive and worst (−1) negative; every fourth row ties (dropped)."""
     rows = []
@@ -83,6 +96,8 @@ def write_data(path, obj):
         return write_samples(path)
     if obj.row_kind == "revision":
         return write_revisions(path)
+    if obj.row_kind == "judgment":
+        return write_judgments(path)
     write_pairs(path, n=8)
     if obj.extra_fields:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -133,3 +148,13 @@ def test_poft_without_aligned_models_is_a_config_error(tiny_model_dir, tmp_path)
     data = write_pairs(tmp_path / "rows.jsonl", n=8)
     with pytest.raises(UserError, match="needs frozen aligned models"):
         train(config(tiny_model_dir, data, tmp_path / "out", objective="poft"), log=_quiet)
+
+
+@pytest.mark.parametrize("name,writer", [("cut", write_judgments), ("figa", write_revisions)])
+def test_new_row_kinds_with_shared_prefix_and_memory_probe(name, writer, tiny_model_dir, tmp_path):
+    """Judgment and revision rows also go through the shared-prefix layout and the start-up memory estimate."""
+    data = writer(tmp_path / "rows.jsonl")
+    cfg = config(tiny_model_dir, data, tmp_path / "out", max_steps=2, learning_rate=5e-3, batch_size=4,
+                 logging_steps=1, layout="shared_prefix", objective=name)
+    logs = [m for m in read_metrics(train(cfg, log=_quiet)) if "loss" in m]
+    assert len(logs) == 2 and all(math.isfinite(m["loss"]) for m in logs)

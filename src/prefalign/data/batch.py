@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefalign.data.types import PairExample, PointExample, SampleExample
+from prefalign.data.types import JudgedExample, PairExample, PointExample, SampleExample
 
 LAYOUTS = ("separate", "shared_prefix")
 
@@ -242,3 +242,40 @@ def collate_samples(examples: list[SampleExample], pad_id: int, layout: str = "s
     return SampleBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras,
                        sample_row=torch.tensor(sample_row, dtype=torch.long),
                        sample_slot=torch.tensor(sample_slot, dtype=torch.long), num_rows=b)
+
+
+@dataclass
+class JudgedBatch(SeqBatch):
+    """A batch of B CUT rows: sequence i < B is prompt_i + completion_i, sequence B + i is (judgment_i ⊕ prompt_i) +
+    completion_i — the same completion tokens, so token slot t of both sequences is the same token."""
+
+    num_rows: int = 0
+
+    @property
+    def num_pairs(self) -> int:  # what the pair-oriented code reads as "rows of the batch"
+        return self.num_rows
+
+    def to(self, device) -> JudgedBatch:
+        base = SeqBatch.to(self, device)
+        return JudgedBatch(**{f: getattr(base, f) for f in SeqBatch.__dataclass_fields__}, num_rows=self.num_rows)
+
+
+def collate_judged(examples: list[JudgedExample], pad_id: int, layout: str = "separate", pack: bool = False,
+                   pad_to_multiple_of: int | None = None) -> JudgedBatch:
+    """CUT rows through the same segment builder as pairs. The two prompts differ, so nothing is shared:
+    ``shared_prefix`` puts both (prompt, completion) sequences of a row in one row with a block mask (each completion
+    sees only its own prompt); ``separate`` gives each sequence its own row."""
+    b = len(examples)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    if layout == "shared_prefix":
+        rows = [[(e.prompt_ids, -1, -1), (e.completion_ids, 0, i), (e.judged_prompt_ids, -1, -1),
+                 (e.completion_ids, 2, b + i)] for i, e in enumerate(examples)]
+    else:
+        rows = [[(e.prompt_ids, -1, -1), (e.completion_ids, 0, i)] for i, e in enumerate(examples)]
+        rows += [[(e.judged_prompt_ids, -1, -1), (e.completion_ids, 0, b + i)] for i, e in enumerate(examples)]
+    if pack:
+        rows = _pack(rows)
+    ids, mask, pos, scoring, real = _build(rows, 2 * b, pad_id, layout != "separate" or pack, pad_to_multiple_of)
+    extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
+    return JudgedBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras, num_rows=b)

@@ -26,26 +26,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefalign.data.revision import revision_marks
-from prefalign.data.types import PairExample, PointExample, SampleExample
+from prefalign.data.types import JudgedExample, PairExample, PointExample, SampleExample
 from prefalign.data.validate import Rows
 from prefalign.errors import UserError
 
 TRUNCATION = ("keep_start", "keep_end")
-STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "samples", "initial", "revised", "_row")
+STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "samples", "initial", "revised", "judgment",
+                 "_row")
 
 
 def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation: str = "keep_start"):
     """(examples, report): PairExample for paired rows, PointExample for unpaired, SampleExample for sample rows
     (the negative and all K samples are truncated together, like a pair); dropped rows are counted. Revision rows
     become PairExamples (chosen = revised, rejected = initial) whose token marks come from diffing the two
-    completions' ids *after* truncation, so marks and tokens always line up."""
+    completions' ids *after* truncation, so marks and tokens always line up. Judgment rows become JudgedExamples: the
+    completion's ids are split off after the plain prompt once and reused after the judged prompt (``with_judgment``),
+    so both sequences score the very same tokens."""
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {TRUNCATION}, got {truncation!r}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
     split = _Splitter(tokenizer)
     fields = {"paired": ("chosen", "rejected"), "unpaired": ("completion",), "samples": ("rejected",),
-              "revision": ("revised", "initial")}[rows.kind]
+              "revision": ("revised", "initial"), "judgment": ("completion",)}[rows.kind]
     report = PreprocessReport(rows.path, rows_read=rows.read, invalid_skipped=dict(rows.skipped), ties=rows.ties)
     examples, lengths = [], {"prompt": [], "completion": [], "total": []}
     for row in rows.rows:
@@ -53,7 +56,14 @@ def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation
         named = {name: row[name] for name in fields}
         named.update({f"samples[{i}]": c for i, c in enumerate(row.get("samples", ()))})
         prompt, comps = split(where, row["prompt"], named)
-        out = truncate(prompt, comps, max_length, truncation)
+        if rows.kind == "judgment":
+            judged = split.prompt(where, with_judgment(row["prompt"], row["judgment"]))
+            out = truncate_judged(prompt, judged, comps[0], max_length, truncation)
+            if not isinstance(out, str):
+                prompt, judged, comp, cut = out
+                out = prompt, [comp], cut
+        else:
+            out = truncate(prompt, comps, max_length, truncation)
         if isinstance(out, str):
             report.dropped[out] = report.dropped.get(out, 0) + 1
             continue
@@ -62,6 +72,8 @@ def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation
         extras = {k: v for k, v in row.items() if k not in STANDARD_KEYS}
         if rows.kind == "paired":
             examples.append(PairExample(row["_row"], prompt, comps[0], comps[1], extras))
+        elif rows.kind == "judgment":
+            examples.append(JudgedExample(row["_row"], prompt, judged, comps[0], extras))
         elif rows.kind == "revision":
             added, removed = revision_marks(initial=comps[1], revised=comps[0])
             examples.append(PairExample(row["_row"], prompt, comps[0], comps[1], extras, added, removed))
@@ -90,13 +102,16 @@ class _Splitter:
         without = _ids(tokenizer("a", add_special_tokens=False))[:1]
         self.bos = [bos] if bos is not None and with_specials == [bos] and without != [bos] else []
 
+    def prompt(self, where: str, prompt) -> list[int]:
+        """A prompt's ids: a conversation with the generation prompt, or BOS (when the tokenizer adds one) + text."""
+        if isinstance(prompt, list):
+            return self._chat(where, prompt, add_generation_prompt=True)
+        return self.bos + _ids(self.tok(prompt, add_special_tokens=False))
+
     def __call__(self, where: str, prompt, completions: dict) -> tuple[list[int], list[list[int]]]:
         """Prompt ids (rendered once, shared by the completions) and each completion's ids."""
         chat = isinstance(prompt, list)
-        if chat:
-            p = self._chat(where, prompt, add_generation_prompt=True)
-        else:
-            p = self.bos + _ids(self.tok(prompt, add_special_tokens=False))
+        p = self.prompt(where, prompt)
         comps = []
         for name, completion in completions.items():
             if chat:
@@ -160,6 +175,32 @@ def truncate(prompt: list[int], comps: list[list[int]], max_length: int | None, 
     if cut >= len(prompt):
         return "completion fills max_length"
     return prompt[cut:], comps, True
+
+
+def with_judgment(prompt, judgment: str):
+    """The CUT context x ⊕ j: the judgment, a blank line, then the prompt (for a conversation: put in front of the
+    first message's content). In front, so that the prompt still ends where the completion starts."""
+    if isinstance(prompt, list):
+        first = prompt[0]
+        return [{**first, "content": f"{judgment}\n\n{first['content']}"}] + prompt[1:]
+    return f"{judgment}\n\n{prompt}"
+
+
+def truncate_judged(prompt: list[int], judged: list[int], comp: list[int], max_length: int | None, mode: str):
+    """(prompt, judged prompt, completion, was truncated) or the reason the row is dropped: both sequences keep the
+    same completion tokens. ``keep_start`` cuts the completion to fit after the longer prompt; ``keep_end`` cuts each
+    prompt's start as much as it needs (the completion is never cut, and each prompt keeps ≥ 1 token)."""
+    longest = max(len(prompt), len(judged))
+    if max_length is None or longest + len(comp) <= max_length:
+        return prompt, judged, comp, False
+    if mode == "keep_start":
+        if longest >= max_length:
+            return "prompt fills max_length"
+        return prompt, judged, comp[: max_length - longest], True
+    room = max_length - len(comp)
+    if room < 1:
+        return "completion fills max_length"
+    return prompt[-room:], judged[-room:], comp, True
 
 
 def percentiles(values: list[int]) -> dict[str, int]:

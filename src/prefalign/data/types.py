@@ -40,3 +40,16 @@ class SampleExample:
     rejected_ids: list[int]
     sample_ids: list[list[int]]  # K completions
     extras: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class JudgedExample:
+    """One CUT row: a completion, scored after the prompt alone and after the prompt with the judgment in context.
+
+    Both sequences end in the same ``completion_ids``, so their per-token log-probs line up position by position."""
+
+    row: int
+    prompt_ids: list[int]  # x
+    judged_prompt_ids: list[int]  # x with the judgment j in context
+    completion_ids: list[int]  # y
+    extras: dict[str, float] = field(default_factory=dict)

@@ -9,7 +9,8 @@ with ``score_chosen``/``score_rejected`` set to those scores; n-sample rows whos
 preference and are dropped and counted (``Rows.ties``). Unpaired rows: ``prompt``, ``completion``, ``label`` (a JSON
 boolean). Sample rows (D2O): ``prompt``, ``rejected`` (a human negative) and ``samples`` (a list of ≥ 1
 self-generated completions). Revision rows (FIGA): ``prompt``, ``initial`` (an answer) and ``revised`` (its
-revision, which must differ from it). Unknown columns are ignored, as in TRL; numeric fields the objective declares (e.g.
+revision, which must differ from it). Judgment rows (CUT): ``prompt``, ``completion`` and ``judgment`` (a non-blank
+string: what is wrong or right with the completion). Unknown columns are ignored, as in TRL; numeric fields the objective declares (e.g.
 ``pref_prob``, ``score_chosen``) must be finite numbers; ``score_chosen``/``score_rejected`` may also be spelled
 ``chosen_score``/``rejected_score``. Problems read ``path:row N: field 'x': what is wrong``.
 """
@@ -24,7 +25,7 @@ from prefalign.data.io import read_table
 from prefalign.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
-KINDS = ("paired", "unpaired", "samples", "revision")
+KINDS = ("paired", "unpaired", "samples", "revision", "judgment")
 # Declared numeric fields that rows may spell either way (TRL/UltraFeedback and `prefalign label` write score_*).
 ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score", "chosen_score": "score_chosen",
            "rejected_score": "score_rejected"}
@@ -35,7 +36,7 @@ Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --
 @dataclass
 class Rows:
     path: str
-    kind: str  # "paired" | "unpaired" | "samples" | "revision"
+    kind: str  # "paired" | "unpaired" | "samples" | "revision" | "judgment"
     rows: list[dict]  # normalised: prompt/chosen/rejected (or prompt/completion/label), "_row", declared extras
     skipped: dict[str, int] = field(default_factory=dict)  # problem kind → rows dropped by --skip-invalid
     ties: int = 0  # valid n-sample rows dropped because their best and worst scores tie
@@ -85,7 +86,7 @@ def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = 
             row = {**row, "score_chosen": norm.pop("_best"), "score_rejected": norm.pop("_worst")}
     else:
         check = {"paired": check_paired, "unpaired": check_unpaired, "samples": check_samples,
-                 "revision": check_revision}[kind]
+                 "revision": check_revision, "judgment": check_judgment}[kind]
         norm, problems = check(where, row)
     extras, extra_problems = check_extras(where, row, extra_fields)
     return {**norm, **extras}, problems + extra_problems
@@ -191,6 +192,23 @@ def check_revision(where: str, row: dict) -> tuple[dict, list[Problem]]:
     if not problems and initial == revised:
         problems.append(("identical", f"{where}: field 'revised': identical to 'initial' (nothing was revised)"))
     return {"prompt": prompt, "initial": initial, "revised": revised}, problems
+
+
+def check_judgment(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    """A CUT row: a ``completion`` of the prompt and a text ``judgment`` of it."""
+    prompt, completion, judgment = row.get("prompt"), row.get("completion"), row.get("judgment")
+    problems = _present(where, "prompt", prompt) + _present(where, "completion", completion)
+    if judgment is None:
+        problems.append(("missing field", f"{where}: field 'judgment': missing"))
+    elif not isinstance(judgment, str):
+        problems.append(("wrong type", f"{where}: field 'judgment': expected a string, got {type(judgment).__name__}"))
+    elif not judgment.strip():
+        problems.append(("empty", f"{where}: field 'judgment': empty or whitespace-only judgment"))
+    else:
+        problems += _unicode(where, "judgment", judgment)
+    if not problems:
+        problems = _prompt(where, prompt) + _completion(where, "completion", completion, prompt)
+    return {"prompt": prompt, "completion": completion, "judgment": judgment}, problems
 
 
 def _list_of(where: str, name: str, v, least: int, what: str) -> list[Problem]:

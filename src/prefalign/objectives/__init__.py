@@ -5,6 +5,7 @@
 """
 
 from prefalign.objectives.base import (
+    JudgedLogps,
     Objective,
     ObjectiveOutput,
     PairLogps,
@@ -17,6 +18,7 @@ from prefalign.objectives.registry import get, get_class, hparam_names, names, r
 
 __all__ = [
     "Combined",
+    "JudgedLogps",
     "Objective",
     "ObjectiveOutput",
     "PairLogps",

@@ -116,6 +116,21 @@ class SampleLogps:
 
 
 @dataclass
+class JudgedLogps:
+    """Per-token log-probs of B completions y, each scored after the prompt x alone and after x with a judgment j in
+    context (CUT's rows). Token t of both views is the same token of y."""
+
+    policy_token_logps: torch.Tensor  # [B, T] log π_θ(y_t | x, y_<t), 0 past the end
+    judged_token_logps: torch.Tensor  # [B, T] log π_θ(y_t | x ⊕ j, y_<t), 0 past the end
+    mask: torch.Tensor  # [B, T] 1 on completion tokens
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.policy_token_logps.shape[0]
+
+
+@dataclass
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar: the mean of ``per_example`` unless the objective says otherwise
     per_example: torch.Tensor  # [B]
@@ -140,7 +155,8 @@ class Objective:
     # Log-probs of the chosen responses under frozen "aligned" models (``PairLogps.aligned_chosen``); the objective
     # then has an ``aligned_models`` hyperparameter naming their folders.
     needs_aligned_logps: ClassVar[bool] = False
-    # "paired" | "unpaired" | "samples" (SampleLogps) | "revision" (PairLogps with token marks) | "ranked"
+    # "paired" | "unpaired" | "samples" (SampleLogps) | "revision" (PairLogps with token marks) | "judgment"
+    # (JudgedLogps) | "ranked"
     row_kind: ClassVar[str] = "paired"
     extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
 

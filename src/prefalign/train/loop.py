@@ -20,11 +20,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from prefalign.data import collate_pairs, encode_rows, load_rows
-from prefalign.data.batch import collate_points, collate_samples
+from prefalign.data.batch import collate_judged, collate_points, collate_samples
 from prefalign.errors import UserError
 from prefalign.logps import sequence_logps
 from prefalign.model import add_lora, disable_dropout, enable_checkpointing, load_model, load_tokenizer
-from prefalign.objectives import PairLogps, PointLogps, SampleLogps
+from prefalign.objectives import JudgedLogps, PairLogps, PointLogps, SampleLogps
 from prefalign.reference import Reference
 from prefalign.train import checkpoint as ckpt
 from prefalign.train import precompute
@@ -101,6 +101,13 @@ def to_sample_logps(pol, ref_seq, batch) -> SampleLogps:
     )
 
 
+def to_judged_logps(pol, batch) -> JudgedLogps:
+    """JudgedLogps of a ``collate_judged`` batch: sequences [0, B) follow the prompt, [B, 2B) the judged prompt."""
+    b = batch.num_rows
+    return JudgedLogps(policy_token_logps=pol.token_logps[:b], judged_token_logps=pol.token_logps[b:],
+                       mask=pol.mask[:b], extras=batch.extras)
+
+
 def _logp_metrics(pol, batch) -> dict[str, float]:
     """Mean per-token log-prob of chosen and rejected completions (unpaired: desirable and undesirable rows; sample
     rows: the self-generated samples and the negatives)."""
@@ -122,7 +129,7 @@ class Trainer:
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.objective = build_objective(cfg)
         self.row_kind = self.objective.row_kind
-        if self.row_kind not in ("paired", "unpaired", "samples", "revision"):
+        if self.row_kind not in ("paired", "unpaired", "samples", "revision", "judgment"):
             raise UserError("config", f"objective '{self.objective.name}' uses {self.row_kind} rows, "
                             "which `prefalign train` does not support yet", "use a paired or unpaired objective")
         self.ref_kind = reference_kind(cfg, self.objective)
@@ -203,6 +210,9 @@ class Trainer:
         if self.row_kind == "samples":
             return collate_samples([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout,
                                    self.cfg.pack).to(self.acc.device)
+        if self.row_kind == "judgment":
+            return collate_judged([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout,
+                                  self.cfg.pack).to(self.acc.device)
         batch = collate_pairs([examples[i] for i in idx], self.tokenizer.pad_token_id, self.cfg.layout, self.cfg.pack)
         if self.ref_kind == "precompute":
             vals = self.ref_cache[[offset + i for i in idx]]  # [b, 2]
@@ -222,6 +232,8 @@ class Trainer:
             return obj(to_point_logps(pol, ref_seq, batch)), pol, ref_seq
         if self.row_kind == "samples":
             return obj(to_sample_logps(pol, ref_seq, batch)), pol, ref_seq
+        if self.row_kind == "judgment":
+            return obj(to_judged_logps(pol, batch)), pol, ref_seq
         return obj(to_pair_logps(pol, ref_seq, ref_tok, batch)), pol, ref_seq
 
     # ---------------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import resource
 import torch
 
 from prefalign.data import PointExample, collate_pairs
-from prefalign.data.batch import collate_points, collate_samples
-from prefalign.data.types import SampleExample
+from prefalign.data.batch import collate_judged, collate_points, collate_samples
+from prefalign.data.types import JudgedExample, SampleExample
 
 
 def _gib(n: float) -> str:
@@ -18,9 +18,13 @@ def _gib(n: float) -> str:
 
 
 def longest(examples, k: int) -> list[int]:
-    size = lambda e: len(e.prompt_ids) + sum(len(getattr(e, f, ())) for f in ("chosen_ids", "rejected_ids",  # noqa: E731
-                                                                         "completion_ids")) + sum(
-        len(s) for s in getattr(e, "sample_ids", ()))
+    def size(e) -> int:  # tokens of every sequence the example becomes (a shared prompt counted once)
+        n = len(e.prompt_ids) + sum(len(getattr(e, f, ())) for f in ("chosen_ids", "rejected_ids", "completion_ids"))
+        n += sum(len(s) for s in getattr(e, "sample_ids", ()))
+        if isinstance(e, JudgedExample):  # CUT: the completion again, after the judged prompt
+            n += len(e.judged_prompt_ids) + len(e.completion_ids)
+        return n
+
     return sorted(range(len(examples)), key=lambda i: -size(examples[i]))[:k]
 
 
@@ -34,6 +38,8 @@ def estimate(model, examples, cfg, ref_copy: bool) -> str:
         collate = collate_points
     elif examples and isinstance(examples[0], SampleExample):
         collate = collate_samples
+    elif examples and isinstance(examples[0], JudgedExample):
+        collate = collate_judged
     batch = collate([examples[i] for i in longest(examples, cfg.batch_size)], 0, cfg.layout, cfg.pack)
     c = model.config
     h, inter, layers = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size), c.num_hidden_layers
