@@ -4,7 +4,9 @@
 
 Only the scored positions (the batch's scoring plan) reach the LM head, in chunks of ``chunk_size``; each chunk's
 logits are recomputed in backward (activation checkpointing), so the loss never holds more than [chunk, vocab]
-logits instead of a [batch, length, vocab] log-softmax. Models whose head is not a plain linear layer (logit
+logits instead of a [batch, length, vocab] log-softmax. With ``topk = k`` each chunk also returns its k largest log-probs
+and their token ids ([chunk, k], gradient through the values; Pairwise Cringe's candidate tokens), from the same
+logits and log-normaliser, so the target log-probs are bitwise those of ``topk = 0``. Models whose head is not a plain linear layer (logit
 soft-capping, logit scaling) take the exact fallback: the model's own logits, reduced chunk by chunk.
 """
 
@@ -24,11 +26,27 @@ class SeqLogps:
     seq_logps: torch.Tensor  # [S] summed over completion tokens
     n_tokens: torch.Tensor  # [S] completion token counts
     token_logsq: torch.Tensor | None = None  # [S, T] log Σ_v π(v)² (no grad; WPO weights), when asked
+    # With ``topk = k``: the k largest log π(v | x, y_<t) per completion position and their ids; 0 past the end.
+    topk_logps: torch.Tensor | None = None  # [S, T, k]
+    topk_ids: torch.Tensor | None = None  # [S, T, k] long
+    target_ids: torch.Tensor | None = None  # [S, T] long: the completion token y_t itself; 0 past the end
 
 
 def _head_logps(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor):
     logits = F.linear(h, weight, bias).float()  # [C, V]; fp32 for a stable logsumexp
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)  # [C]
+
+
+def _reduce(logits: torch.Tensor, targets: torch.Tensor, k: int):
+    """Target log-probs [C] and, for k > 0, the top-k log-probs [C, k] and ids [C, k] of fp32 logits [C, V]."""
+    lse = torch.logsumexp(logits, dim=-1)  # [C]
+    tgt = logits.gather(1, targets[:, None]).squeeze(1) - lse  # [C]; the same ops as _head_logps
+    vals, ids = logits.topk(k, dim=-1)  # [C, k]
+    return tgt, vals - lse[:, None], ids
+
+
+def _head_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, k: int):
+    return _reduce(F.linear(h, weight, bias).float(), targets, k)  # [C], [C, k], [C, k]
 
 
 def _logsq(logits: torch.Tensor) -> torch.Tensor:
@@ -61,18 +79,26 @@ def _mask_for(model, mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def sequence_logps(model, batch, chunk_size: int = 1024, with_logsq: bool = False) -> SeqLogps:
-    """Per-token and summed log-probs of the completion tokens named by ``batch.scoring``."""
+def sequence_logps(model, batch, chunk_size: int = 1024, with_logsq: bool = False, topk: int = 0) -> SeqLogps:
+    """Per-token and summed log-probs of the completion tokens named by ``batch.scoring`` (and, with ``topk = k``,
+    the k most likely tokens' log-probs and ids at each of those positions)."""
     lm, sc = _causal_lm(model), batch.scoring
     kw = {"attention_mask": _mask_for(lm, batch.attention_mask), "position_ids": batch.position_ids}
     head = _plain_head(lm)
-    parts, sq_parts = [], []
+    parts, sq_parts, tk_vals, tk_ids = [], [], [], []
     if head is not None:
         hidden = lm.base_model(input_ids=batch.input_ids, **kw).last_hidden_state  # [R, L, H]
         h = hidden[sc.row, sc.pos]  # [M, H]: scored positions only
         for s in range(0, h.shape[0], chunk_size):
             hc, tc = h[s : s + chunk_size], sc.target[s : s + chunk_size]
-            if torch.is_grad_enabled():
+            if topk:
+                args = (hc, head.weight, head.bias, tc, topk)
+                tgt, vals, ids = (checkpoint(_head_topk, *args, use_reentrant=False) if torch.is_grad_enabled()
+                                  else _head_topk(*args))
+                parts.append(tgt)
+                tk_vals.append(vals)
+                tk_ids.append(ids)
+            elif torch.is_grad_enabled():
                 parts.append(checkpoint(_head_logps, hc, head.weight, head.bias, tc, use_reentrant=False))
             else:
                 parts.append(_head_logps(hc, head.weight, head.bias, tc))
@@ -83,7 +109,13 @@ def sequence_logps(model, batch, chunk_size: int = 1024, with_logsq: bool = Fals
         logits = lm(input_ids=batch.input_ids, **kw).logits[sc.row, sc.pos]  # [M, V]
         for s in range(0, logits.shape[0], chunk_size):
             lc = logits[s : s + chunk_size].float()
-            parts.append(lc.gather(1, sc.target[s : s + chunk_size, None]).squeeze(1) - torch.logsumexp(lc, -1))
+            if topk:
+                tgt, vals, ids = _reduce(lc, sc.target[s : s + chunk_size], topk)  # [C], [C, k], [C, k]
+                parts.append(tgt)
+                tk_vals.append(vals)
+                tk_ids.append(ids)
+            else:
+                parts.append(lc.gather(1, sc.target[s : s + chunk_size, None]).squeeze(1) - torch.logsumexp(lc, -1))
             if with_logsq:
                 sq_parts.append(_logsq(lc.detach()))
     flat = torch.cat(parts) if parts else batch.input_ids.new_zeros(0, dtype=torch.float32)  # [M]
@@ -95,4 +127,12 @@ def sequence_logps(model, batch, chunk_size: int = 1024, with_logsq: bool = Fals
     if with_logsq:
         sq = torch.cat(sq_parts) if sq_parts else flat.new_zeros(0)
         logsq = sq.new_zeros(shape).index_put((sc.seq, sc.slot), sq)
-    return SeqLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), logsq)
+    out = SeqLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), logsq)
+    if topk:
+        idx = (sc.seq, sc.slot)
+        vals = torch.cat(tk_vals) if tk_vals else flat.new_zeros(0, topk)  # [M, k]
+        ids = torch.cat(tk_ids) if tk_ids else sc.target.new_zeros(0, topk)  # [M, k]
+        out.topk_logps = vals.new_zeros(*shape, topk).index_put(idx, vals)  # [S, T, k]
+        out.topk_ids = ids.new_zeros(*shape, topk).index_put(idx, ids)  # [S, T, k]
+        out.target_ids = sc.target.new_zeros(shape).index_put(idx, sc.target)  # [S, T]
+    return out

@@ -4,7 +4,7 @@ Per objective: the loss is finite at every step, it changes, and the objective's
 set (chosen = a positive sentence, rejected = a negative one; unpaired rows: the same sentences labelled
 desirable / undesirable; sample rows (D2O): the negative sentence as ``rejected`` and two positive ones as
 ``samples``; revision rows (FIGA): the negative sentence as ``initial``, the positive one as ``revised``; judgment rows (CUT): the negative sentence as ``completion`` with a judgment
-naming its negative words;
+naming its negative words; ``cringe`` gets the rejected tokens' top-k log-probs from the loop;
 ``pref_prob`` rows for objectives that declare it). BoNBoN also trains from n-sample rows. Few steps, so this is a wiring test
 (right rows, right container, right gradient sign), not a convergence test.
 """
@@ -150,9 +150,10 @@ def test_poft_without_aligned_models_is_a_config_error(tiny_model_dir, tmp_path)
         train(config(tiny_model_dir, data, tmp_path / "out", objective="poft"), log=_quiet)
 
 
-@pytest.mark.parametrize("name,writer", [("cut", write_judgments), ("figa", write_revisions)])
+@pytest.mark.parametrize("name,writer", [("cut", write_judgments), ("figa", write_revisions), ("cringe", write_pairs)])
 def test_new_row_kinds_with_shared_prefix_and_memory_probe(name, writer, tiny_model_dir, tmp_path):
-    """Judgment and revision rows also go through the shared-prefix layout and the start-up memory estimate."""
+    """Judgment and revision rows, and cringe's top-k log-probs, also go through the shared-prefix layout and the
+    start-up memory estimate."""
     data = writer(tmp_path / "rows.jsonl")
     cfg = config(tiny_model_dir, data, tmp_path / "out", max_steps=2, learning_rate=5e-3, batch_size=4,
                  logging_steps=1, layout="shared_prefix", objective=name)

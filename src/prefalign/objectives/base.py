@@ -49,6 +49,11 @@ class PairLogps:
     # tokens the revision added or changed, rejected tokens it deleted or replaced (data/revision.py).
     chosen_marks: torch.Tensor | None = None  # [B, Tc]
     rejected_marks: torch.Tensor | None = None  # [B, Tr]
+    # The rejected tokens' top-k alternatives (``token_topk``, Pairwise Cringe): per completion position t, the k
+    # largest log π_θ(v | x, y_l,<t) (with gradient) and their ids, and the token y_l,t itself; 0 where the mask is 0.
+    rejected_topk_logps: torch.Tensor | None = None  # [B, Tr, k]
+    rejected_topk_ids: torch.Tensor | None = None  # [B, Tr, k] long
+    rejected_token_ids: torch.Tensor | None = None  # [B, Tr] long
 
     def __post_init__(self) -> None:
         if self.chosen_tokens is None:
@@ -155,6 +160,9 @@ class Objective:
     # Log-probs of the chosen responses under frozen "aligned" models (``PairLogps.aligned_chosen``); the objective
     # then has an ``aligned_models`` hyperparameter naming their folders.
     needs_aligned_logps: ClassVar[bool] = False
+    # k > 0: also the policy's k most likely tokens (log-probs and ids) at each rejected completion position
+    # (``PairLogps.rejected_topk_*``), computed chunk by chunk in the log-prob layer; implies ``needs_token_logps``.
+    token_topk: ClassVar[int] = 0
     # "paired" | "unpaired" | "samples" (SampleLogps) | "revision" (PairLogps with token marks) | "judgment"
     # (JudgedLogps) | "ranked"
     row_kind: ClassVar[str] = "paired"

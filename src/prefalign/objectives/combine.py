@@ -22,6 +22,7 @@ class Combined(Objective):
         self.needs_token_log_sum_sq = any(p.needs_token_log_sum_sq for p in parts)
         self.needs_ref_token_logps = any(p.needs_ref_token_logps for p in parts)
         self.needs_aligned_logps = any(p.needs_aligned_logps for p in parts)
+        self.token_topk = max(p.token_topk for p in parts)
         self.aligned_models = [m for p in parts for m in getattr(p, "aligned_models", ())]
         self.row_kind = parts[0].row_kind
         self.extra_fields = tuple(dict.fromkeys(f for p in parts for f in p.extra_fields))

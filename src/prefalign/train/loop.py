@@ -68,6 +68,9 @@ def to_pair_logps(pol, ref_seq, ref_tok, batch) -> PairLogps:
     pair.aligned_chosen = batch.aligned_logps
     if batch.token_marks is not None:  # revision rows (FIGA)
         pair.chosen_marks, pair.rejected_marks = batch.token_marks[:b], batch.token_marks[b:]
+    if pol.topk_logps is not None:  # token_topk (Pairwise Cringe)
+        pair.rejected_topk_logps, pair.rejected_topk_ids = pol.topk_logps[b:], pol.topk_ids[b:]
+        pair.rejected_token_ids = pol.target_ids[b:]
     if pol.token_logsq is not None:
         pair.policy_chosen_token_log_sum_sq = pol.token_logsq[:b]
         pair.policy_rejected_token_log_sum_sq = pol.token_logsq[b:]
@@ -224,7 +227,8 @@ class Trainer:
     def _forward(self, batch, grad: bool = True):
         obj, cfg = self.objective, self.cfg
         with torch.set_grad_enabled(grad):
-            pol = sequence_logps(self.model, batch, cfg.log_prob_chunk_size, with_logsq=obj.needs_token_log_sum_sq)
+            pol = sequence_logps(self.model, batch, cfg.log_prob_chunk_size, with_logsq=obj.needs_token_log_sum_sq,
+                                 topk=getattr(obj, "token_topk", 0) if self.row_kind == "paired" else 0)
         ref_seq, ref_tok = self.reference.logps(batch, self.model, token_level=obj.needs_ref_token_logps)
         if self.ref_kind in ("copy", "adapter"):
             self.ref_forward_passes += 1
