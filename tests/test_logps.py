@@ -96,3 +96,29 @@ def test_shared_prefix_runs_fewer_tokens_and_packing_has_no_padding(tiny_tok):
     assert packed.input_ids.shape == (1, 75) and packed.num_tokens == 75
     assert packed.position_ids[0, 55:60].tolist() == [50, 51, 52, 53, 54]  # rejected restarts after the prompt
     assert packed.position_ids[0, 60:63].tolist() == [0, 1, 2]  # the next pair starts over
+
+
+@pytest.mark.parametrize("layout,pack", [("separate", False), ("shared_prefix", False), ("separate", True),
+                                         ("shared_prefix", True)])
+def test_cross_prompt_pairs_match_each_sequence_alone(tiny_tok, layout, pack):
+    """Cross-prompt pairs (JPO: chosen after x₁, rejected after x₂) mixed with same-prompt pairs: every sequence's
+    per-token log-probs equal the sequence run alone, in every layout; same-prompt pairs still share their prompt."""
+    model = tiny_model(tiny_tok, seed=4)
+    exs = _examples(len(tiny_tok), [(5, 3, 7), (9, 6, 2), (2, 4, 4), (7, 1, 5)], seed=6)
+    for e, n in ((exs[0], 8), (exs[2], 3), (exs[3], 1)):  # pairs 0, 2, 3 cross-prompt; pair 1 same-prompt
+        e.rejected_prompt_ids = _examples(len(tiny_tok), [(n, 1, 1)], seed=n)[0].prompt_ids
+    batch = collate_pairs(exs, tiny_tok.pad_token_id, layout, pack)
+    out = sequence_logps(model, batch, chunk_size=5)
+    b = len(exs)
+    for i, ex in enumerate(exs):
+        x2 = ex.rejected_prompt_ids if ex.cross_prompt else ex.prompt_ids
+        for s, prompt, comp in ((i, ex.prompt_ids, ex.chosen_ids), (b + i, x2, ex.rejected_ids)):
+            want = _naive(model, PairExample(0, prompt, comp, comp), "chosen")
+            n = len(want)
+            assert int(out.n_tokens[s]) == n and bool(out.mask[s, :n].all()) and not out.mask[s, n:].any()
+            torch.testing.assert_close(out.token_logps[s, :n], want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.seq_logps[s], want.sum(), atol=1e-5, rtol=1e-5)
+    if layout == "shared_prefix" and not pack:  # pair 1 shares x once; each cross pair runs both prompts
+        sizes = [len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) + len(e.rejected_prompt_ids or ())
+                 for e in exs]
+        assert batch.real.sum(1).tolist() == sizes

@@ -72,7 +72,10 @@ def fingerprint(model, tokenizer, examples, settings: dict) -> str:
     h.update((tokenizer.chat_template or "").encode() if isinstance(tokenizer.chat_template, (str, type(None)))
              else json.dumps(tokenizer.chat_template).encode())
     for e in examples:
-        h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
+        ids = [e.prompt_ids, e.chosen_ids, e.rejected_ids]
+        if getattr(e, "rejected_prompt_ids", None) is not None:  # cross-prompt: x₂ too (same-prompt keys unchanged)
+            ids.append(e.rejected_prompt_ids)
+        h.update(json.dumps(ids).encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 

@@ -4,6 +4,9 @@
 ``shared_prefix``: B rows, each ``prompt | chosen | rejected``; a 4D attention mask lets each completion see the
 prompt and itself but not the other completion, and the rejected positions restart where the prompt ends. The
 prompt runs once per pair and gets gradients from both completions; log-probs are identical to ``separate``.
+A cross-prompt pair (JPO: chosen after x₁, rejected after x₂) shares nothing: in ``separate`` the rejected row holds
+x₂ + rejected; in ``shared_prefix`` its row holds two blocks ``x₁ | chosen | x₂ | rejected``, the rejected seeing only
+x₂ and itself (positions restart at 0 for x₂), so same-prompt pairs of the same batch still share their prompt.
 ``pack=True`` (padding-free): all rows of the layout are concatenated into one row with a block mask and
 position ids restarting per sequence, so no compute is spent on padding.
 
@@ -131,11 +134,13 @@ def _pack(rows: list[list[tuple[list[int], int, int]]]) -> list[list[tuple[list[
 def collate_pairs(examples: list[PairExample], pad_id: int, layout: str = "separate", pack: bool = False,
                   pad_to_multiple_of: int | None = None) -> SeqBatch:
     b = len(examples)
+    x2 = [e.rejected_prompt_ids if e.cross_prompt else e.prompt_ids for e in examples]  # the rejected's prompt
     if layout == "separate":
         rows = [[(e.prompt_ids, -1, -1), (e.chosen_ids, 0, i)] for i, e in enumerate(examples)]
-        rows += [[(e.prompt_ids, -1, -1), (e.rejected_ids, 0, b + i)] for i, e in enumerate(examples)]
-    elif layout == "shared_prefix":
-        rows = [[(e.prompt_ids, -1, -1), (e.chosen_ids, 0, i), (e.rejected_ids, 0, b + i)]
+        rows += [[(x2[i], -1, -1), (e.rejected_ids, 0, b + i)] for i, e in enumerate(examples)]
+    elif layout == "shared_prefix":  # a cross-prompt pair has nothing to share: two blocks (x₁ y₁)(x₂ y₂) in its row
+        rows = [[(e.prompt_ids, -1, -1), (e.chosen_ids, 0, i)]
+                + ([(x2[i], -1, -1), (e.rejected_ids, 2, b + i)] if e.cross_prompt else [(e.rejected_ids, 0, b + i)])
                 for i, e in enumerate(examples)]
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")

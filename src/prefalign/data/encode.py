@@ -13,6 +13,10 @@ Truncation to ``max_length`` tokens per sequence (prompt + one completion):
 dropped. ``keep_end`` keeps the last tokens, cutting the prompt's start by what the longer completion needs (the
 same cut for both, so the pair still shares one prompt); rows whose longer completion alone fills the budget
 (no prompt token would be left) are dropped.
+
+Cross-prompt pairs (a ``rejected_prompt`` x₂ besides the chosen's prompt x₁): each side is split on its own —
+x₁ with the chosen, x₂ with the rejected, by the same functions — and truncated on its own by the same rules (a
+sequence is one prompt + its completion, so nothing needs the same cut); the row is dropped if either side is.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from prefalign.data.validate import Rows
 from prefalign.errors import UserError
 
 TRUNCATION = ("keep_start", "keep_end")
-STANDARD_KEYS = ("prompt", "chosen", "rejected", "completion", "label", "samples", "initial", "revised", "judgment",
-                 "_row")
+STANDARD_KEYS = ("prompt", "rejected_prompt", "chosen", "rejected", "completion", "label", "samples", "initial",
+                 "revised", "judgment", "_row")
 
 
 def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation: str = "keep_start"):
@@ -55,6 +59,19 @@ def encode_rows(rows: Rows, tokenizer, max_length: int | None = None, truncation
         where = f"{rows.path}:row {row['_row']}"
         named = {name: row[name] for name in fields}
         named.update({f"samples[{i}]": c for i, c in enumerate(row.get("samples", ()))})
+        if "rejected_prompt" in row:  # a cross-prompt pair: each side after its own prompt
+            out = _cross_pair(split, where, row, max_length, truncation)
+            if isinstance(out, str):
+                report.dropped[out] = report.dropped.get(out, 0) + 1
+                continue
+            x1, chosen, x2, rejected, cut = out
+            report.truncated += cut
+            extras = {k: v for k, v in row.items() if k not in STANDARD_KEYS}
+            examples.append(PairExample(row["_row"], x1, chosen, rejected, extras, rejected_prompt_ids=x2))
+            lengths["prompt"] += [len(x1), len(x2)]
+            lengths["completion"] += [len(chosen), len(rejected)]
+            lengths["total"] += [len(x1) + len(chosen), len(x2) + len(rejected)]
+            continue
         prompt, comps = split(where, row["prompt"], named)
         if rows.kind == "judgment":
             judged = split.prompt(where, with_judgment(row["prompt"], row["judgment"]))
@@ -175,6 +192,19 @@ def truncate(prompt: list[int], comps: list[list[int]], max_length: int | None, 
     if cut >= len(prompt):
         return "completion fills max_length"
     return prompt[cut:], comps, True
+
+
+def _cross_pair(split, where: str, row: dict, max_length: int | None, mode: str):
+    """(x₁ ids, chosen ids, x₂ ids, rejected ids, was truncated) or the reason the row is dropped."""
+    sides = []
+    for prompt, name in ((row["prompt"], "chosen"), (row["rejected_prompt"], "rejected")):
+        p, comps = split(where, prompt, {name: row[name]})
+        out = truncate(p, comps, max_length, mode)
+        if isinstance(out, str):
+            return out
+        sides.append(out)
+    (x1, (c,), cut1), (x2, (r,), cut2) = sides
+    return x1, c, x2, r, cut1 or cut2
 
 
 def with_judgment(prompt, judgment: str):

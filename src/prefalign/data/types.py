@@ -18,6 +18,13 @@ class PairExample:
     # chosen tokens the revision added or changed, rejected tokens it removed (data/revision.py).
     chosen_marks: list[int] | None = None
     rejected_marks: list[int] | None = None
+    # Cross-prompt pairs (JPO): the rejected completion's own prompt x₂ (``prompt_ids`` is then the chosen's x₁);
+    # None for a same-prompt pair, whose completions share ``prompt_ids``.
+    rejected_prompt_ids: list[int] | None = None
+
+    @property
+    def cross_prompt(self) -> bool:
+        return self.rejected_prompt_ids is not None
 
 
 @dataclass

@@ -10,9 +10,12 @@ preference and are dropped and counted (``Rows.ties``). Unpaired rows: ``prompt`
 boolean). Sample rows (D2O): ``prompt``, ``rejected`` (a human negative) and ``samples`` (a list of ≥ 1
 self-generated completions). Revision rows (FIGA): ``prompt``, ``initial`` (an answer) and ``revised`` (its
 revision, which must differ from it). Judgment rows (CUT): ``prompt``, ``completion`` and ``judgment`` (a non-blank
-string: what is wrong or right with the completion). Unknown columns are ignored, as in TRL; numeric fields the objective declares (e.g.
-``pref_prob``, ``score_chosen``) must be finite numbers; ``score_chosen``/``score_rejected`` may also be spelled
-``chosen_score``/``rejected_score``. Problems read ``path:row N: field 'x': what is wrong``.
+string: what is wrong or right with the completion). Cross-prompt paired rows (JPO; only with ``cross_prompt=True``,
+which the trainer sets for objectives that declare it): ``chosen_prompt``, ``chosen``, ``rejected_prompt``,
+``rejected`` — each completion of its own prompt's kind (string or messages); they may be mixed with ordinary paired
+rows in one file, and a row whose two prompts are equal is read as an ordinary pair. Unknown columns are ignored,
+as in TRL; numeric fields the objective declares (e.g. ``pref_prob``, ``score_chosen``) must be finite numbers;
+``score_chosen``/``score_rejected`` may also be spelled ``chosen_score``/``rejected_score``. Problems read ``path:row N: field 'x': what is wrong``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ KINDS = ("paired", "unpaired", "samples", "revision", "judgment")
 # Declared numeric fields that rows may spell either way (TRL/UltraFeedback and `prefalign label` write score_*).
 ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score", "chosen_score": "score_chosen",
            "rejected_score": "score_rejected"}
+CROSS_FIELDS = {"chosen_prompt", "rejected_prompt"}  # the two prompts of a cross-prompt pair
 MAX_SHOWN = 20  # problems listed in the error; the count covers all of them
 Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --skip-invalid
 
@@ -47,8 +51,11 @@ class Rows:
         return len(self.rows) + sum(self.skipped.values()) + self.ties
 
 
-def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (), skip_invalid: bool = False) -> Rows:
-    """Read and validate every row; bad rows raise one UserError listing the first 20 problems (or are skipped)."""
+def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (), skip_invalid: bool = False,
+              cross_prompt: bool = False, cross_prompt_hint: str = "") -> Rows:
+    """Read and validate every row; bad rows raise one UserError listing the first 20 problems (or are skipped).
+    Without ``cross_prompt`` the first cross-prompt row raises a one-line UserError ending in ``cross_prompt_hint``
+    (it is the objective that cannot read the file, so --skip-invalid does not skip it)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     raw, unreadable = read_table(path)
@@ -56,6 +63,10 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
     bad_kinds = [kind_ for _, kind_, _ in unreadable]  # one entry per bad row: the kind of its first problem
     rows, ties = [], 0
     for number, row in raw:
+        if kind == "paired" and not cross_prompt and CROSS_FIELDS & row.keys():
+            name = next(f for f in ("chosen_prompt", "rejected_prompt") if f in row)
+            raise UserError(f"{path}:row {number}: field '{name}'", "a cross-prompt pair, which this objective "
+                            "does not accept", cross_prompt_hint or "use an objective that accepts cross-prompt pairs")
         norm, problems = check_row(f"{path}:row {number}", row, kind, extra_fields)
         if problems:
             found += [(number, *p) for p in problems]
@@ -80,7 +91,9 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
 
 def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = ()) -> tuple[dict, list[Problem]]:
     """The normalised row (only meaningful without problems; ``_tie`` marks a tied n-sample row) and its problems."""
-    if kind == "paired" and ("completions" in row or "scores" in row):
+    if kind == "paired" and CROSS_FIELDS & row.keys():
+        norm, problems = check_cross(where, row)
+    elif kind == "paired" and ("completions" in row or "scores" in row):
         norm, problems = check_nsample(where, row)
         if not problems:  # the pair's scores are row fields an objective may declare
             row = {**row, "score_chosen": norm.pop("_best"), "score_rejected": norm.pop("_worst")}
@@ -117,6 +130,25 @@ def check_paired(where: str, row: dict) -> tuple[dict, list[Problem]]:
     if not problems and chosen == rejected:
         problems.append(("identical", f"{where}: field 'chosen': identical to 'rejected'"))
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, problems
+
+
+def check_cross(where: str, row: dict) -> tuple[dict, list[Problem]]:
+    """A cross-prompt pair (x₁, y₁) ≻ (x₂, y₂) → prompt = x₁ and ``rejected_prompt`` = x₂ (dropped when x₂ = x₁)."""
+    if "prompt" in row:
+        return {}, [("mixed forms", f"{where}: field 'chosen_prompt': give either 'prompt' (a same-prompt pair) or "
+                     "'chosen_prompt'/'rejected_prompt' (a cross-prompt pair), not both")]
+    x1, x2, chosen, rejected = (row.get(k) for k in ("chosen_prompt", "rejected_prompt", "chosen", "rejected"))
+    problems = _present(where, "chosen_prompt", x1) + _present(where, "chosen", chosen)
+    problems += _present(where, "rejected_prompt", x2) + _present(where, "rejected", rejected)
+    if problems:
+        return {}, problems
+    problems = _prompt(where, x1, "chosen_prompt") + _completion(where, "chosen", chosen, x1, "chosen_prompt")
+    problems += _prompt(where, x2, "rejected_prompt") + _completion(where, "rejected", rejected, x2, "rejected_prompt")
+    if not problems and x1 == x2 and chosen == rejected:
+        problems.append(("identical", f"{where}: field 'chosen': identical to 'rejected', and 'chosen_prompt' to "
+                         "'rejected_prompt'"))
+    norm = {"prompt": x1, "chosen": chosen, "rejected": rejected}
+    return (norm if x1 == x2 else {**norm, "rejected_prompt": x2}), problems
 
 
 def check_unpaired(where: str, row: dict) -> tuple[dict, list[Problem]]:
@@ -272,15 +304,15 @@ def _unicode(where: str, name: str, text: str, what: str = "") -> list[Problem]:
         return [("bad text", f"{where}: field '{name}': {what}not valid Unicode (a lone surrogate escape)")]
 
 
-def _prompt(where: str, prompt) -> list[Problem]:
-    return _messages(where, "prompt", prompt) if isinstance(prompt, list) else []
+def _prompt(where: str, prompt, name: str = "prompt") -> list[Problem]:
+    return _messages(where, name, prompt) if isinstance(prompt, list) else []
 
 
-def _completion(where: str, name: str, v, prompt) -> list[Problem]:
+def _completion(where: str, name: str, v, prompt, prompt_name: str = "prompt") -> list[Problem]:
     """A completion is of the prompt's kind (TRL renders both with one template, or neither) and is not blank."""
     if isinstance(v, list) != isinstance(prompt, list):
         want, got = ("a list of messages", "a string") if isinstance(prompt, list) else ("a string", "a list")
-        return [("wrong type", f"{where}: field '{name}': expected {want} like 'prompt', got {got}")]
+        return [("wrong type", f"{where}: field '{name}': expected {want} like '{prompt_name}', got {got}")]
     if isinstance(v, str):
         return [] if v.strip() else [("empty", f"{where}: field '{name}': empty or whitespace-only completion")]
     problems = _messages(where, name, v)

@@ -167,6 +167,9 @@ class Objective:
     # (JudgedLogps) | "ranked"
     row_kind: ClassVar[str] = "paired"
     extra_fields: ClassVar[tuple[str, ...]] = ()  # row fields the data layer must validate and pass in ``extras``
+    # Paired rows may be cross-prompt pairs (``chosen_prompt``/``rejected_prompt``): chosen scored after x₁, rejected
+    # after x₂. Only objectives whose loss is meaningful across prompts (JPO) set it; the others refuse such files.
+    cross_prompt: ClassVar[bool] = False
 
     def __call__(self, logps: PairLogps) -> ObjectiveOutput:
         if self.needs_reference and (logps.ref_chosen is None or logps.ref_rejected is None):

@@ -25,6 +25,7 @@ class Combined(Objective):
         self.token_topk = max(p.token_topk for p in parts)
         self.aligned_models = [m for p in parts for m in getattr(p, "aligned_models", ())]
         self.row_kind = parts[0].row_kind
+        self.cross_prompt = all(p.cross_prompt for p in parts)
         self.extra_fields = tuple(dict.fromkeys(f for p in parts for f in p.extra_fields))
 
     def compute(self, lp: PairLogps) -> ObjectiveOutput:

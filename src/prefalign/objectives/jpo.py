@@ -15,7 +15,9 @@ r₁ − r₂ − β(log Z(x₁) − log Z(x₂)): the loss drops β(log Z(x₁)
 from π* (measured in tests/theory/test_jpo_cross_prompt.py; table in docs/objectives.md).
 
 Needs a reference model; summed log-probs. Defaults: β = 0.1 (as DPO). Value at policy = reference: ln 2.
-Data: `prefalign train` reads only same-prompt pairs today (cross-prompt rows need a row format with two prompts).
+Data: ``cross_prompt = True``: paired files may hold cross-prompt rows (``chosen_prompt``, ``chosen``,
+``rejected_prompt``, ``rejected``) mixed with ordinary same-prompt rows (data/validate.py); each side is split and
+truncated after its own prompt (data/encode.py) and laid out as its own sequence in every layout (data/batch.py).
 f_divergence: reverse_kl only (the log Z term does not cancel across prompts). Modifiers: use_weighting, ld_alpha.
 """
 
@@ -37,6 +39,7 @@ class JPO(PairwiseObjective):
     name = "jpo"
     summary = "JPO/DOVE: −log σ(β(h(y₁|x₁) − h(y₂|x₂))), pairs may span prompts (DPO on same-prompt pairs)"
     supports_f_divergence = False
+    cross_prompt = True
 
     def pair_loss(self, sc: PairScores, lp: PairLogps) -> torch.Tensor:
         return -F.logsigmoid(self.beta * (sc.chosen_logratio - sc.rejected_logratio))

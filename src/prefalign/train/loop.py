@@ -38,6 +38,7 @@ from prefalign.train.setup import (
     check_output_dir,
     fresh_output_dir,
     reference_kind,
+    row_options,
 )
 
 
@@ -144,10 +145,9 @@ class Trainer:
                             f"set objective_args: {{{self.objective.name}: {{aligned_models: [folder, ...]}}}}")
         self.out = check_output_dir(cfg)
         # Data first: every bad row is reported before any model is loaded.
-        rows = load_rows(cfg.data, kind=self.row_kind, extra_fields=self.objective.extra_fields,
-                         skip_invalid=cfg.skip_invalid)
-        eval_rows = (load_rows(cfg.eval_data, kind=self.row_kind, extra_fields=self.objective.extra_fields,
-                               skip_invalid=cfg.skip_invalid) if cfg.eval_data else None)
+        rows = load_rows(cfg.data, skip_invalid=cfg.skip_invalid, **row_options(self.objective))
+        eval_rows = (load_rows(cfg.eval_data, skip_invalid=cfg.skip_invalid, **row_options(self.objective))
+                     if cfg.eval_data else None)
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
         examples, self.report = encode_rows(rows, self.tokenizer, cfg.max_length, cfg.truncation)
         self.eval_examples = (encode_rows(eval_rows, self.tokenizer, cfg.max_length, cfg.truncation)[0]

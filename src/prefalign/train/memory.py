@@ -21,6 +21,7 @@ def longest(examples, k: int) -> list[int]:
     def size(e) -> int:  # tokens of every sequence the example becomes (a shared prompt counted once)
         n = len(e.prompt_ids) + sum(len(getattr(e, f, ())) for f in ("chosen_ids", "rejected_ids", "completion_ids"))
         n += sum(len(s) for s in getattr(e, "sample_ids", ()))
+        n += len(getattr(e, "rejected_prompt_ids", None) or ())  # cross-prompt pair: x₂ too
         if isinstance(e, JudgedExample):  # CUT: the completion again, after the judged prompt
             n += len(e.judged_prompt_ids) + len(e.completion_ids)
         return n

@@ -46,6 +46,18 @@ def build_objective(cfg: TrainConfig):
     return objectives.combine(parts, [float(w) for w in weights] if weights else None)
 
 
+def row_options(objective) -> dict:
+    """How ``load_rows`` reads rows for ``objective``: its declared numeric fields, and whether it accepts
+    cross-prompt pairs (if not, the refusal names the objectives that do)."""
+    opts = {"kind": objective.row_kind, "extra_fields": objective.extra_fields,
+            "cross_prompt": bool(getattr(objective, "cross_prompt", False))}
+    if not opts["cross_prompt"]:
+        accept = [n for n in objectives.names() if getattr(objectives.get_class(n), "cross_prompt", False)]
+        opts["cross_prompt_hint"] = (f"objective '{objective.name}' reads same-prompt pairs only; cross-prompt pairs "
+                                     f"are accepted by: {', '.join(accept) or 'none'}")
+    return opts
+
+
 def reference_kind(cfg: TrainConfig, objective) -> str:
     if not objective.needs_reference:
         return "none"
