@@ -34,7 +34,7 @@ def _write_cross(path, n: int = 16):
 
 
 @pytest.mark.parametrize("kw", [dict(layout="shared_prefix"), dict(layout="separate", pack=True),
-                                dict(reference="precompute")])
+                                dict(reference="precompute"), dict(lora=True, lora_r=4)])
 def test_jpo_trains_on_cross_prompt_rows(tiny_model_dir, tmp_path, kw):
     data = _write_cross(tmp_path / "x.jsonl")
     out = train(config(tiny_model_dir, data, tmp_path / "out", objective="jpo", max_steps=3, learning_rate=1e-2,
