@@ -78,3 +78,22 @@ def test_folder_without_a_model_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="cannot load"):
         load_reward(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("chat_template", [CHATML_TEMPLATE, None])
+@pytest.mark.parametrize("max_length", [None, 9])
+def test_renderer_ids_are_the_old_text_path_ids_with_truncation(tmp_path, chat_template, max_length):
+    """The ids scored (renderer, in token space) are those of the old render-to-text + tokenizer(...) path."""
+    reward = ModelReward(_save_rm(tmp_path / "rm", chat_template=chat_template), batch_size=16,
+                         max_length=max_length)
+    tok = reward.tokenizer
+    rendered = [render_pair(tok, p, c) for p, c in zip(PROMPTS, COMPLETIONS)]
+    enc = tok([t for t, _ in rendered], return_tensors="pt", padding=True, add_special_tokens=not rendered[0][1],
+              truncation=max_length is not None, max_length=max_length)
+    with torch.no_grad():
+        old = reward.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0]
+    torch.testing.assert_close(reward(PROMPTS, COMPLETIONS), old, atol=1e-6, rtol=1e-6)
+    if chat_template:
+        ids = reward.renderer.conversation("r", [{"role": "user", "content": "Q?"},
+                                                 {"role": "assistant", "content": "A."}])
+        assert ids == tok(render_pair(tok, "Q?", "A.")[0], add_special_tokens=False)["input_ids"]

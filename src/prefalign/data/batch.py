@@ -284,3 +284,14 @@ def collate_judged(examples: list[JudgedExample], pad_id: int, layout: str = "se
     ids, mask, pos, scoring, real = _build(rows, 2 * b, pad_id, layout != "separate" or pack, pad_to_multiple_of)
     extras = {k: torch.tensor([float(e.extras[k]) for e in examples]) for k in (examples[0].extras if b else ())}
     return JudgedBatch(ids, mask, pos, scoring, real, [e.row for e in examples], extras, num_rows=b)
+
+
+def collate_completions(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> SeqBatch:
+    """N (prompt, completion) sequences, one right-padded row each (the ``separate`` layout): sequence i is
+    completion i after prompt i, and the scoring plan names exactly completion i's tokens, for
+    ``logps.sequence_logps`` (evaluation scoring sampled ids, online RL scoring what it sampled)."""
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    rows = [[(list(p), -1, -1), (list(c), 0, i)] for i, (p, c) in enumerate(zip(prompt_ids, completion_ids))]
+    ids, mask, pos, scoring, real = _build(rows, len(rows), pad_id, False, None)
+    return SeqBatch(ids, mask, pos, scoring, real, list(range(len(rows))))

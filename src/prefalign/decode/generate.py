@@ -9,6 +9,10 @@ Every decoding-time method here is "some streams + a rule that turns their next-
 
 Plain sampling is one stream and the identity rule, so best-of-n samples through the same loop as DeRa,
 Linear Alignment and ARGS (and is checked against ``model.generate`` in the tests).
+
+Prompts are rendered in token space by the training path's ``data.render.Renderer`` (``prompt_ids``), so a sampler
+continues exactly the ids a trainer puts before a completion of the same prompt, and an evaluator scores the
+sampled ids after those same ids.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prefalign.data.render import Renderer
 from prefalign.errors import UserError
 
 
@@ -52,41 +57,37 @@ LogitsFn = Callable[[StepState], torch.Tensor]
 
 def render_prompts(tokenizer, prompts: Sequence[str], system: str | None = None,
                    chat: bool | None = None) -> tuple[list[str], bool]:
-    """Prompt texts ready to continue, and whether they came from the chat template.
+    """Prompt texts ready to continue, and whether they came from the chat template (for display: samplers use
+    ``prompt_ids``, which renders in token space).
 
     With a template each prompt becomes a user turn (after an optional system turn) plus the generation
     prompt. A template that rejects the system role gets the system text prepended to the user turn.
     Without a template the system text is prepended to the prompt.
     """
-    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-    if not use_chat:
-        return [p if system is None else f"{system}\n\n{p}" for p in prompts], False
-    texts = []
-    for p in prompts:
-        messages = [{"role": "user", "content": p}]
-        if system is not None:
-            messages.insert(0, {"role": "system", "content": system})
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # jinja raises its own error types for "system role not supported"
-            if system is None:
-                raise
-            merged = [{"role": "user", "content": f"{system}\n\n{p}"}]
-            text = tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-        texts.append(text)
-    return texts, True
+    renderer = Renderer(tokenizer)
+    texts = [renderer.sampling_text(p, system, chat, where=f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    return texts, renderer.uses_chat(chat)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], opts: GenOptions, system: str | None = None,
-                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask``, both [B, T], so every row continues at column T."""
-    texts, templated = render_prompts(tokenizer, prompts, system=system if system is not None else opts.system,
-                                      chat=opts.chat)
-    # A chat template already wrote BOS/turn markers; a raw prompt gets the tokenizer's usual specials.
-    rows = [tokenizer(t, add_special_tokens=not templated)["input_ids"] for t in texts]
+def prompt_ids(tokenizer, prompts: Sequence, opts: GenOptions, system: str | None = None) -> list[list[int]]:
+    """Each prompt's ids, from the training path's renderer (``data.render.Renderer.sampling_prompt``): the ids a
+    trainer puts before a completion of the same prompt. ``system`` (else ``opts.system``) and ``opts.chat``
+    apply as in ``render_prompts``; a prompt may also be a conversation (a list of messages)."""
+    renderer = Renderer(tokenizer)
+    system = system if system is not None else opts.system
+    rows = [renderer.sampling_prompt(p, system, opts.chat, where=f"decode: prompt {i + 1}")
+            for i, p in enumerate(prompts)]
     empty = [i for i, r in enumerate(rows) if not r]
     if empty:
         raise UserError("decode", f"prompt {empty[0] + 1} is empty (no tokens)", "give every prompt some text")
+    return rows
+
+
+def encode_prompts(tokenizer, prompts: Sequence, opts: GenOptions, system: str | None = None,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask``, both [B, T], so every row continues at column T; the ids
+    are ``prompt_ids``'s, straight from the renderer (no render-to-text-then-retokenize)."""
+    rows = prompt_ids(tokenizer, prompts, opts, system=system)
     pad = pad_id(tokenizer)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -4,13 +4,15 @@ For each prompt the highest-reward completion is ``chosen`` and the lowest-rewar
 equals, so the choice is deterministic). A prompt is dropped when its best and worst scores are tied (within
 ``min_gap``): the pair would carry no preference. Empty completions are never used.
 
-Pairs from chat-template samples are written as conversations, so ``prefalign train`` renders the prompt exactly
-as it was rendered for sampling::
+The prompt is written as the row ``data.render.prompt_row`` builds, the one whose training ids are the ids the
+sampler continued (``Renderer.sampling_prompt``), so ``prefalign train`` renders the prompt exactly as it was
+rendered for sampling. Pairs from chat-template samples are conversations (a system turn first when there was one)::
 
     {"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}],
      "rejected": [...], "score_chosen": 0.93, "score_rejected": -0.4}
 
-and plain-text samples as strings (``prompt`` + ``chosen`` is the text the model saw and wrote).
+and plain-text samples strings: ``system + "\n\n" + prompt`` (or just the prompt) + ``chosen`` is the text the
+model saw and wrote.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prefalign.data.render import Renderer, prompt_row
 from prefalign.errors import UserError
 
 
@@ -46,8 +49,11 @@ def best_worst(rewards: torch.Tensor, usable: torch.Tensor | None = None) -> tup
 
 
 def make_pairs(prompts: list[str], completions: list[list[str]], rewards: torch.Tensor, chat: bool,
-               min_gap: float = 0.0, system: str | None = None) -> tuple[list[dict], LabelStats]:
-    """Best-vs-worst pairs (see the module docstring); rewards [P, n]."""
+               min_gap: float = 0.0, system: str | None = None, tokenizer=None) -> tuple[list[dict], LabelStats]:
+    """Best-vs-worst pairs (see the module docstring); rewards [P, n]. With the sampler's ``tokenizer`` the prompt
+    rows come from its ``Renderer.prompt_row``, which also folds the system text into the user turn when the chat
+    template rejects a system role, as sampling did."""
+    row_of = Renderer(tokenizer).prompt_row if tokenizer is not None else prompt_row
     if rewards.shape[0] != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but rewards for {rewards.shape[0]}")
     stats = LabelStats(prompts=len(prompts), dropped={"tied": 0, "fewer than 2 non-empty completions": 0})
@@ -66,13 +72,12 @@ def make_pairs(prompts: list[str], completions: list[list[str]], rewards: torch.
             stats.dropped["tied"] += 1
             continue
         chosen, rejected = completions[i][b], completions[i][w]
+        row = {"prompt": row_of(prompt, system, chat)}  # the prompt as sampling rendered it
         if chat:
-            head = [{"role": "system", "content": system}] if system is not None else []
-            row = {"prompt": head + [{"role": "user", "content": prompt}],
-                   "chosen": [{"role": "assistant", "content": chosen}],
-                   "rejected": [{"role": "assistant", "content": rejected}]}
+            row.update(chosen=[{"role": "assistant", "content": chosen}],
+                       rejected=[{"role": "assistant", "content": rejected}])
         else:
-            row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+            row.update(chosen=chosen, rejected=rejected)
         row.update(score_chosen=round(hi, 6), score_rejected=round(lo, 6))
         pairs.append(row)
     stats.pairs = len(pairs)

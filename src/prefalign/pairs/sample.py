@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefalign.decode.generate import GenOptions, decode_batches, plain_streams, render_prompts
+from prefalign.data.render import Renderer
+from prefalign.decode.generate import GenOptions, decode_batches, plain_streams
 
 
 @dataclass
@@ -79,7 +80,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], n: int, opts: G
     prompts = list(prompts)
     repeated = [p for p in prompts for _ in range(n)]  # prompt i owns rows i*n .. i*n+n-1
     texts, ids = sample_ids(model, tokenizer, repeated, opts, desc=desc, progress=progress, context=context)
-    _, chat = render_prompts(tokenizer, prompts[:1], system=opts.system, chat=opts.chat)
+    chat = Renderer(tokenizer).uses_chat(opts.chat)
     return Samples(prompts, [texts[i * n : (i + 1) * n] for i in range(len(prompts))],
                    [ids[i * n : (i + 1) * n] for i in range(len(prompts))], chat,
                    meta={"n": n, "max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature,

@@ -1,8 +1,9 @@
 """A reward model folder: ``AutoModelForSequenceClassification`` with one output (``num_labels=1``).
 
-The text scored is the prompt and completion rendered as one user turn and one assistant turn with the
-tokenizer's chat template when it has one (how chat reward models are trained), else ``prompt + completion``.
-The score is read where the model pools it (the last non-pad token), the same place it was trained on.
+The sequence scored is the prompt and completion rendered as one user turn and one assistant turn with the
+tokenizer's chat template when it has one (how chat reward models are trained), by the training path's renderer
+(``data.render.Renderer``, in token space), else ``prompt + completion`` tokenized with the tokenizer's own special
+tokens. The score is read where the model pools it (the last non-pad token), the same place it was trained on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from prefalign.data.render import Renderer, _ids
 from prefalign.errors import UserError
 from prefalign.reward.base import RewardFn
 
@@ -21,9 +23,12 @@ def render_pair(tokenizer, prompt: str, completion: str) -> tuple[str, bool]:
     A chat template adds its own special tokens (BOS, turn markers), so the caller must not add them again.
     """
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        return tokenizer.apply_chat_template(messages, tokenize=False), True
+        return Renderer(tokenizer).conversation_text("reward", pair_messages(prompt, completion)), True
     return prompt + completion, False
+
+
+def pair_messages(prompt: str, completion: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
 class ModelReward(RewardFn):
@@ -51,16 +56,26 @@ class ModelReward(RewardFn):
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"  # keep the end of the completion, where the score is read
+        self.renderer = Renderer(self.tokenizer)
         self.max_length = max_length
         self.device = torch.device(device)
         self.model.to(self.device).eval()
 
     @torch.no_grad()
     def _score(self, prompts, completions):
-        rendered = [render_pair(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
-        texts = [t for t, _ in rendered]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not rendered[0][1],
-                             truncation=self.max_length is not None, max_length=self.max_length)
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        logits = self.model(**enc).logits  # [B, 1]
+        if self.renderer.has_template:
+            seqs = [self.renderer.conversation(f"reward {self.name}", pair_messages(p, c))
+                    for p, c in zip(prompts, completions)]
+            if self.max_length is not None:
+                seqs = [s[-self.max_length:] for s in seqs]  # keep the end of the completion, where the score is read
+        else:  # a plain reward model reads its text as its tokenizer encodes it (BOS/EOS as it adds them)
+            seqs = [_ids(self.tokenizer(p + c, truncation=self.max_length is not None, max_length=self.max_length))
+                    for p, c in zip(prompts, completions)]  # truncated on the left (truncation_side), specials kept
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):  # right-padded
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # [B, 1]
         return logits[:, 0].float()
