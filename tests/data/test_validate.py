@@ -162,7 +162,7 @@ def test_no_valid_rows_left(tmp_path):
 
 
 def test_unknown_kind_is_a_programming_error(tmp_path):
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="unknown row kind"):
         load_rows(str(_write(tmp_path, GOOD)), kind="pairs")
 
 

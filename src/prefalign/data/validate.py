@@ -28,11 +28,9 @@ from prefalign.data.io import read_table
 from prefalign.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
-KINDS = ("paired", "unpaired", "samples", "revision", "judgment")
 # Declared numeric fields that rows may spell either way (TRL/UltraFeedback and `prefalign label` write score_*).
 ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score", "chosen_score": "score_chosen",
            "rejected_score": "score_rejected"}
-CROSS_FIELDS = {"chosen_prompt", "rejected_prompt"}  # the two prompts of a cross-prompt pair
 MAX_SHOWN = 20  # problems listed in the error; the count covers all of them
 Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --skip-invalid
 
@@ -40,7 +38,7 @@ Problem = tuple[str, str]  # (kind, message): the kind counts rows skipped by --
 @dataclass
 class Rows:
     path: str
-    kind: str  # "paired" | "unpaired" | "samples" | "revision" | "judgment"
+    kind: str  # a registered row kind (``data.kinds``): "paired", "unpaired", "sft", …
     rows: list[dict]  # normalised: prompt/chosen/rejected (or prompt/completion/label), "_row", declared extras
     skipped: dict[str, int] = field(default_factory=dict)  # problem kind → rows dropped by --skip-invalid
     ties: int = 0  # valid n-sample rows dropped because their best and worst scores tie
@@ -56,17 +54,16 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
     """Read and validate every row; bad rows raise one UserError listing the first 20 problems (or are skipped).
     Without ``cross_prompt`` the first cross-prompt row raises a one-line UserError ending in ``cross_prompt_hint``
     (it is the objective that cannot read the file, so --skip-invalid does not skip it)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    from prefalign.data import kinds
+
+    row_kind = kinds.get(kind)  # ValueError for an unknown kind
     raw, unreadable = read_table(path)
     found: list[tuple[int, str, str]] = list(unreadable)  # (row, kind, message)
     bad_kinds = [kind_ for _, kind_, _ in unreadable]  # one entry per bad row: the kind of its first problem
     rows, ties = [], 0
+    options = {"cross_prompt": cross_prompt, "cross_prompt_hint": cross_prompt_hint}
     for number, row in raw:
-        if kind == "paired" and not cross_prompt and CROSS_FIELDS & row.keys():
-            name = next(f for f in ("chosen_prompt", "rejected_prompt") if f in row)
-            raise UserError(f"{path}:row {number}: field '{name}'", "a cross-prompt pair, which this objective "
-                            "does not accept", cross_prompt_hint or "use an objective that accepts cross-prompt pairs")
+        row_kind.accept(f"{path}:row {number}", row, options)
         norm, problems = check_row(f"{path}:row {number}", row, kind, extra_fields)
         if problems:
             found += [(number, *p) for p in problems]
@@ -91,16 +88,11 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
 
 def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = ()) -> tuple[dict, list[Problem]]:
     """The normalised row (only meaningful without problems; ``_tie`` marks a tied n-sample row) and its problems."""
-    if kind == "paired" and CROSS_FIELDS & row.keys():
-        norm, problems = check_cross(where, row)
-    elif kind == "paired" and ("completions" in row or "scores" in row):
-        norm, problems = check_nsample(where, row)
-        if not problems:  # the pair's scores are row fields an objective may declare
-            row = {**row, "score_chosen": norm.pop("_best"), "score_rejected": norm.pop("_worst")}
-    else:
-        check = {"paired": check_paired, "unpaired": check_unpaired, "samples": check_samples,
-                 "revision": check_revision, "judgment": check_judgment}[kind]
-        norm, problems = check(where, row)
+    from prefalign.data import kinds
+
+    norm, problems = kinds.get(kind).check(where, row)
+    if "_scores" in norm:  # an n-sample row's best and worst scores are row fields an objective may declare
+        row = {**row, **norm.pop("_scores")}
     extras, extra_problems = check_extras(where, row, extra_fields)
     return {**norm, **extras}, problems + extra_problems
 
