@@ -12,9 +12,21 @@ TRAIN_HELP = """Train a policy on preference data.
   prefalign train --config my.yaml --beta 0.2
   accelerate launch --num_processes 2 -m prefalign train --config my.yaml
 
-Every config field can be given as --field value (values are parsed as YAML: --objective "[dpo, sft]").
-Fields: {fields}
+Every config field below is a key of the YAML file and can be given as
+--field value, overriding the file (values are parsed as YAML:
+--objective "[dpo, sft]"; a bare --lora means --lora true).
 """
+TRAIN_FIELDS_HELP = """config fields, by group (--field TYPE: what it does (default: value)):
+
+{fields}
+"""
+
+
+def _help_width() -> int:
+    """Columns for the train help: the terminal's (as argparse), at most 120."""
+    import shutil
+
+    return max(60, min(120, shutil.get_terminal_size().columns) - 2)
 
 
 def _train(args, rest: list[str]) -> int:
@@ -46,6 +58,23 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _expand(args, *names: str) -> None:
+    """``~`` and ``$VARS`` expanded in the path arguments ``names`` (``prefalign.model.expand_path``)."""
+    from prefalign.model import expand_path
+
+    for name in names:
+        setattr(args, name, expand_path(getattr(args, name, None)))
+
+
+def _dtype(args, device: str = "cpu") -> str:
+    """``--dtype`` resolved (auto → bf16 or fp32 for this hardware), and the choice and why logged."""
+    from prefalign.model import dtype_line
+
+    dtype, line = dtype_line(args.dtype, device)
+    _log(line)
+    return dtype
+
+
 def _load_for_sampling(path: str, dtype: str):
     """(model, tokenizer) from a model folder, or a LoRA adapter folder loaded onto its base."""
     from pathlib import Path
@@ -65,16 +94,18 @@ def _sample(args, rest: list[str]) -> int:
     from prefalign.pairs import read_prompts, sample_completions, score_samples, write_jsonl
 
     _threads(args)
+    _expand(args, "model", "prompts", "out", "reward")
+    dtype = _dtype(args)
     prompts = read_prompts(args.prompts)
     reward = None
     if args.reward:
-        from prefalign.reward import load_reward
+        from prefalign.model import load_reward_in
 
-        reward = load_reward(args.reward)  # fail on a bad spec before loading the model
+        reward = load_reward_in(args.reward, dtype)  # fail on a bad spec before loading the model
     if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.temperature <= 0:
         raise UserError("sample", "--n, --max-new-tokens and --batch-size must be >= 1 and --temperature > 0",
                         "fix the arguments")
-    model, tok = _load_for_sampling(args.model, args.dtype)
+    model, tok = _load_for_sampling(args.model, dtype)
     opts = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                       seed=args.seed, batch_size=args.batch_size, chat=False if args.no_chat else None,
                       system=args.system)
@@ -88,13 +119,16 @@ def _sample(args, rest: list[str]) -> int:
 
 
 def _label(args, rest: list[str]) -> int:
+    from pathlib import Path
+
+    from prefalign.model import load_reward_in
     from prefalign.pairs import pairs_from_rows, read_jsonl, write_jsonl
 
+    _expand(args, "samples", "out", "reward")
     reward = None
     if args.reward:
-        from prefalign.reward import load_reward
-
-        reward = load_reward(args.reward)
+        dtype = _dtype(args) if Path(args.reward).is_dir() else "fp32"  # only a reward-model folder has weights
+        reward = load_reward_in(args.reward, dtype)
     pairs, stats = pairs_from_rows(read_jsonl(args.samples), reward, min_gap=args.min_gap, where=args.samples)
     if not pairs:
         raise UserError(args.samples, f"no pairs ({stats.line()})", "sample more completions per prompt")
@@ -106,18 +140,20 @@ def _label(args, rest: list[str]) -> int:
 def _evaluate(args, rest: list[str]) -> int:
     from prefalign.evaluate import EvalConfig, evaluate, load_policy_and_reference, write_report
     from prefalign.evaluate.report import markdown_table, summary_rows
+    from prefalign.model import load_reward_in
     from prefalign.pairs import read_prompts
-    from prefalign.reward import load_reward
 
     _threads(args)
+    _expand(args, "model", "reference", "prompts", "reward", "out")
+    dtype = _dtype(args)
     prompts = read_prompts(args.prompts)
-    reward = load_reward(args.reward)
+    reward = load_reward_in(args.reward, dtype)
     cfg = EvalConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                      batch_size=args.batch_size, n_reference=args.n_reference, n_policy=args.n_policy,
                      seed=args.seed, system=args.system, chat=False if args.no_chat else None,
                      best_of=tuple(n for n in (1, 2, 4, 8, 16) if n <= args.n_reference))
     decodes = args.decode or []
-    policy, reference, ref_ctx, tok, _ = load_policy_and_reference(args.model, args.reference, dtype=args.dtype,
+    policy, reference, ref_ctx, tok, _ = load_policy_and_reference(args.model, args.reference, dtype=dtype,
                                                                    self_reference=bool(decodes))
     own_reference = reference is None and ref_ctx is None  # a full model steered by decoding methods
     metrics = evaluate(policy, tok, prompts, reward, cfg, reference=reference, reference_context=ref_ctx,
@@ -134,6 +170,7 @@ def _evaluate(args, rest: list[str]) -> int:
 def _demo(args, rest: list[str]) -> int:
     from prefalign.demo import DemoConfig, quick_config, run_demo
 
+    _expand(args, "out")
     cfg = quick_config() if args.quick else DemoConfig()
     for key in ("out", "seed", "threads", "dtype"):
         if getattr(args, key) is not None:
@@ -213,7 +250,8 @@ def _gen_args(p: argparse.ArgumentParser, n_default: int | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling generator (default 0)")
     p.add_argument("--system", default=None, help="system message for every prompt (default: the template's)")
     p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="model weights' dtype (default fp32)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="weights' dtype (default auto: bf16 where the device computes it natively, else fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -237,14 +275,16 @@ class _HparamAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prefalign.train.config import field_names
+    from prefalign.train.config import help_text
 
     p = argparse.ArgumentParser(prog="prefalign", description="Align language models with preference data.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help=COMMANDS["train"][1], description=TRAIN_HELP.format(
-        fields=", ".join(field_names())), formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", help="YAML config file")
+    t = sub.add_parser("train", help=COMMANDS["train"][1], description=TRAIN_HELP,
+                       usage="%(prog)s [-h] [--config FILE] [--FIELD VALUE ...]",
+                       epilog=TRAIN_FIELDS_HELP.format(fields=help_text(_help_width())),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", metavar="FILE", help="YAML config file")
     t.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of stopping")
     t.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     o = sub.add_parser("objectives", help=COMMANDS["objectives"][1])
@@ -265,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--reward", default=None, help="vader, module:function or a reward-model folder")
     lab.add_argument("--min-gap", type=float, default=0.0,
                      help="drop prompts whose best and worst scores differ by no more than this (default 0: ties)")
+    lab.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                     help="a reward-model folder's dtype (default auto: bf16 where the device computes it natively, "
+                          "else fp32)")
     lab.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     e = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=EVALUATE_HELP, formatter_class=raw)
@@ -295,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="output folder (default outputs/demo; a previous demo is replaced)")
     d.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2; 0 = torch's default)")
-    d.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="weights' dtype (default bf16)")
+    d.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16"),
+                   help="weights' dtype (default auto: bf16 where the CPU computes it natively, else fp32)")
     d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
