@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import pytest
 import torch
 
 from prefalign import objectives
 from prefalign.data.batch import collate_pairs
 from prefalign.data.types import PairExample
-from prefalign.logps import sequence_logps
+from prefalign.logps import Chunk, register_feature, sequence_logps
 from prefalign.model import enable_checkpointing
 from prefalign.testing import tiny_model
 
@@ -122,3 +124,99 @@ def test_cross_prompt_pairs_match_each_sequence_alone(tiny_tok, layout, pack):
         sizes = [len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) + len(e.rejected_prompt_ids or ())
                  for e in exs]
         assert batch.real.sum(1).tolist() == sizes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registered per-token features: a reducer registered here, in a test file, with no edit under src/.
+
+
+@register_feature("test_entropy")
+def _entropy(chunk: Chunk) -> torch.Tensor:
+    """H_t = −Σ_v π(v) log π(v), from the chunk's fp32 logits [C, V] and log-normaliser [C] (with gradient)."""
+    logp = chunk.logp()  # [C, V]
+    return -(logp.exp() * logp).sum(-1)  # [C]
+
+
+def _naive_full(model, prompt, comp) -> torch.Tensor:
+    ids = torch.tensor([prompt + comp])
+    return model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)[len(prompt) - 1 :]  # [T, V]
+
+
+@pytest.mark.parametrize("layout,pack,plain_head", [("separate", False, True), ("shared_prefix", True, True),
+                                                    ("separate", False, False), ("shared_prefix", False, False)])
+def test_registered_feature_matches_full_logits(tiny_tok, monkeypatch, layout, pack, plain_head):
+    """A toy reducer (per-token entropy) registered in this file, and the built-in log Σπ², requested from
+    ``sequence_logps``: equal to the naive full-vocabulary values (1e-5), zero past each end, in every layout and
+    through the non-linear-head fallback; the entropy's gradient equals the naive one; the target log-probs are
+    bitwise those without features."""
+    if not plain_head:
+        monkeypatch.setattr("prefalign.logps._plain_head", lambda m: None)
+    model = tiny_model(tiny_tok, seed=1).train()
+    exs = _examples(len(tiny_tok), MIXED)
+    batch = collate_pairs(exs, tiny_tok.pad_token_id, layout, pack=pack)
+    out = sequence_logps(model, batch, chunk_size=4, features=("test_entropy", "log_sum_sq"))
+    plain = sequence_logps(model, batch, chunk_size=4)
+    assert torch.equal(out.token_logps, plain.token_logps) and set(out.features) == {"test_entropy", "log_sum_sq"}
+    assert not out.features["log_sum_sq"].requires_grad
+    out.features["test_entropy"].sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    b, want_sum = len(exs), 0.0
+    for i, ex in enumerate(exs):
+        for s, comp in ((i, ex.chosen_ids), (b + i, ex.rejected_ids)):
+            logp, n = _naive_full(model, ex.prompt_ids, comp), len(comp)  # [n, V]
+            ent = -(logp.exp() * logp).sum(-1)
+            torch.testing.assert_close(out.features["test_entropy"][s, :n], ent.detach(), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.features["log_sum_sq"][s, :n], (2 * logp).logsumexp(-1).detach(),
+                                       atol=1e-5, rtol=1e-5)
+            assert not out.features["test_entropy"][s, n:].any() and not out.features["log_sum_sq"][s, n:].any()
+            want_sum = want_sum + ent.sum()
+    want_sum.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_unknown_feature_and_missing_context_are_errors(tiny_tok):
+    model = tiny_model(tiny_tok, seed=1)
+    batch = collate_pairs(_examples(len(tiny_tok), MIXED), tiny_tok.pad_token_id)
+    with pytest.raises(ValueError, match="unknown per-token feature 'no_such'"):
+        sequence_logps(model, batch, features=("no_such",))
+    with pytest.raises(ValueError, match="ref_hidden"):
+        sequence_logps(model, batch, features=("token_kl",))  # the reference's states and head were not given
+
+
+@dataclass
+class _MeanEntropy(objectives.Objective):
+    """A toy objective that asks for the test's feature: loss = mean over chosen tokens of H_t (not registered)."""
+
+    name = "test_mean_entropy"
+    needs_reference = False
+
+    def needs(self) -> objectives.Needs:
+        return replace(super().needs(), policy_features=("test_entropy",))
+
+    def compute(self, lp: objectives.PairLogps) -> objectives.ObjectiveOutput:
+        ent, mask = lp.features["chosen_test_entropy"], lp.chosen_mask  # [B, T]
+        per_example = (ent * mask).sum(1) / mask.sum(1)
+        return objectives.ObjectiveOutput(per_example.mean(), per_example)
+
+
+def test_objective_gets_its_feature_through_the_forward_step(tiny_tok):
+    """The training loop's forward step (train/forward.py) serves the toy objective's request: the view holds
+    ``chosen_test_entropy`` / ``rejected_test_entropy`` and the loss equals the naive mean entropy."""
+    from prefalign.reference import Reference
+    from prefalign.train import forward
+    from prefalign.train.views import view_for
+
+    model = tiny_model(tiny_tok, seed=1)
+    exs = _examples(len(tiny_tok), MIXED)
+    batch = collate_pairs(exs, tiny_tok.pad_token_id, "shared_prefix")
+    obj = _MeanEntropy()
+    out, pol, ref = forward.forward(obj, obj.needs(), model, Reference("none"), batch, view_for(obj.row_kind),
+                                    chunk_size=3, grad=False)
+    assert ref is None and "test_entropy" in pol.features
+    want = []
+    for ex in exs:
+        logp = _naive_full(model, ex.prompt_ids, ex.chosen_ids)
+        want.append(-(logp.exp() * logp).sum(-1).mean())
+    torch.testing.assert_close(out.per_example, torch.stack(want).detach(), atol=1e-5, rtol=1e-5)

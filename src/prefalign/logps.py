@@ -4,24 +4,47 @@
 
 Only the scored positions (the batch's scoring plan) reach the LM head, in chunks of ``chunk_size``; each chunk's
 logits are recomputed in backward (activation checkpointing), so the loss never holds more than [chunk, vocab]
-logits instead of a [batch, length, vocab] log-softmax. With ``topk = k`` each chunk also returns its k largest log-probs
-and their token ids ([chunk, k], gradient through the values; Pairwise Cringe's candidate tokens), from the same
-logits and log-normaliser, so the target log-probs are bitwise those of ``topk = 0``. Models whose head is not a plain linear layer (logit
-soft-capping, logit scaling) take the exact fallback: the model's own logits, reduced chunk by chunk.
+logits instead of a [batch, length, vocab] log-softmax. Models whose head is not a plain linear layer (logit
+soft-capping, logit scaling) take the exact fallback: the model's own logits, reduced chunk by chunk the same way.
 
-SparsePO's extras: ``states=True`` also returns every layer's hidden state at the scored positions (the state that
-predicts y_t) and the final one, flat; ``kl_ref=(h_ref, W_ref, b_ref)`` (a reference's final states at the same
-positions and its LM head) also returns per token D_t = Σ_v π_ref(v)·(log π_θ(v) − log π_ref(v)) = −KL_t(π_ref‖π_θ),
-computed chunk by chunk from both heads with recomputation in backward, never a [batch, length, vocab] tensor.
+**Features.** Any other per-token quantity an objective needs is a *registered reducer*: a function of one chunk
+(fp32 logits [C, V], their log-normaliser [C], the targets [C], and the chunk's slice of per-token context), returning
+[C, ...]. ``sequence_logps(..., features=("log_sum_sq", feature("topk", k=6)))`` runs every requested reducer on the
+logits the target log-probs already use (so those stay bitwise the same with or without features), inside the
+checkpointed chunk function when the reducer carries gradient (``grad=True``), under ``no_grad`` otherwise, and
+scatters each output to ``SeqLogps.features[name]``, [S, T, ...], zero past a sequence's end. A new quantity is one
+``@register_feature`` in the objective's own file (tests/test_logps.py registers a per-token entropy from a test).
+
+Built-in reducers:
+
+- ``log_sum_sq`` (no grad): log Σ_v π(v)² (WPO's weights);
+- ``topk`` (parameter ``k``): outputs ``topk_logps`` [.., k] (with gradient) and ``topk_ids`` [.., k] (Pairwise
+  Cringe's candidate tokens), from the same logits and log-normaliser as the targets;
+- ``target_ids`` (no grad): the completion token y_t itself;
+- ``hidden`` (no grad): the final hidden state [.., H] at the position that predicts y_t;
+- ``states`` (no grad): the hidden state after each of the L layers [.., L, H] at that position (SparsePO's masks);
+- ``token_kl``: D_t = Σ_v π_ref(v)·(log π_θ(v) − log π_ref(v)) = −KL_t(π_ref‖π_θ), from a reference's final states
+  at the same positions and its LM head, given in ``context`` as ``ref_hidden`` [M, H] and ``ref_head``
+  (weight, bias) (SparsePO's token KL), never a [batch, length, vocab] tensor.
+
+Context: ``sequence_logps(..., context={...})``; a tensor value is per scored token ([M, ...], scoring order) and is
+sliced per chunk; any other value (e.g. the tuple ``(weight, bias)``) reaches every chunk whole. Keys ``hidden`` and
+``layers`` are filled in by ``sequence_logps`` for the reducers that declare them in ``inputs``. By convention a key
+``ref_<feature>`` holds the reference's feature ``<feature>`` at the same positions and ``ref_head`` the reference's
+LM head; ``train/forward.py`` provides them from the reference pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+BUILTIN_INPUTS = ("hidden", "layers")  # context keys sequence_logps fills itself
 
 
 @dataclass
@@ -30,50 +53,145 @@ class SeqLogps:
     mask: torch.Tensor  # [S, T] bool
     seq_logps: torch.Tensor  # [S] summed over completion tokens
     n_tokens: torch.Tensor  # [S] completion token counts
-    token_logsq: torch.Tensor | None = None  # [S, T] log Σ_v π(v)² (no grad; WPO weights), when asked
-    # With ``topk = k``: the k largest log π(v | x, y_<t) per completion position and their ids; 0 past the end.
-    topk_logps: torch.Tensor | None = None  # [S, T, k]
-    topk_ids: torch.Tensor | None = None  # [S, T, k] long
-    target_ids: torch.Tensor | None = None  # [S, T] long: the completion token y_t itself; 0 past the end
-    states: torch.Tensor | None = None  # [S, T, L, H] hidden state after each of the L layers (``states=True``)
-    last_hidden: torch.Tensor | None = None  # [M, H] final hidden state at the scored positions, scoring order
-    token_kl: torch.Tensor | None = None  # [S, T] D_t = −KL_t(π_ref‖π_θ) (``kl_ref``); 0 past the end
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # [S, T, ...] per requested output; 0 past end
 
 
-def _head_logps(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor):
-    logits = F.linear(h, weight, bias).float()  # [C, V]; fp32 for a stable logsumexp
-    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)  # [C]
+# --------------------------------------------------------------------------------------------------------------
+# Feature registry
 
 
-def _reduce(logits: torch.Tensor, targets: torch.Tensor, k: int):
-    """Target log-probs [C] and, for k > 0, the top-k log-probs [C, k] and ids [C, k] of fp32 logits [C, V]."""
+@dataclass(frozen=True)
+class Feature:
+    """A request for a registered reducer, with its parameters (``feature("topk", k=6)``); a plain string names a
+    reducer without parameters."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def of(spec: str | Feature) -> Feature:
+        return spec if isinstance(spec, Feature) else Feature(spec)
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params)
+        return f"{self.name}({args})" if args else self.name
+
+
+def feature(name: str, **params) -> Feature:
+    return Feature(name, tuple(sorted(params.items())))
+
+
+@dataclass
+class Chunk:
+    """What a reducer sees: one chunk of C scored positions."""
+
+    logits: torch.Tensor  # [C, V] fp32
+    lse: torch.Tensor  # [C] logsumexp(logits)
+    targets: torch.Tensor  # [C] long: y_t
+    context: dict[str, Any]  # per-token context sliced to [C, ...]; other values whole
+
+    def logp(self) -> torch.Tensor:
+        """[C, V] full log-probs (only for reducers that need all of them)."""
+        return self.logits - self.lse[:, None]
+
+
+@dataclass(frozen=True)
+class Reducer:
+    name: str
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
+    grad: bool  # False: computed under no_grad (weights, ids, states)
+    outputs: tuple[str, ...]  # names of the returned tensors, in order (default: the reducer's name)
+    inputs: tuple[str, ...]  # context keys it reads (``hidden``/``layers`` are filled in by sequence_logps)
+
+
+_REDUCERS: dict[str, Reducer] = {}
+
+
+def register_feature(name: str, *, grad: bool = True, outputs: Iterable[str] | None = None,
+                     inputs: Iterable[str] = ()):
+    """Decorator registering ``fn(chunk: Chunk, **params) -> Tensor [C, ...]`` (or a tuple, one per ``outputs``) as
+    the per-token feature ``name``. ``grad=False`` runs it under ``no_grad``; ``inputs`` names the context keys it
+    reads (checked before the forward pass). Registering the same function again (a module re-imported) is a no-op;
+    another function under a taken name is an error."""
+
+    def deco(fn):
+        spec = Reducer(name, fn, grad, tuple(outputs) if outputs is not None else (name,), tuple(inputs))
+        old = _REDUCERS.get(name)
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"feature '{name}' is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
+        _REDUCERS[name] = spec
+        return fn
+
+    return deco
+
+
+def reducer(name: str) -> Reducer:
+    if name not in _REDUCERS:
+        raise ValueError(f"unknown per-token feature '{name}'; registered: {', '.join(sorted(_REDUCERS))}")
+    return _REDUCERS[name]
+
+
+def feature_names() -> list[str]:
+    return sorted(_REDUCERS)
+
+
+@register_feature("log_sum_sq", grad=False)
+def _log_sum_sq(c: Chunk) -> torch.Tensor:
+    return torch.logsumexp(2 * c.logits, -1) - 2 * c.lse  # [C] log Σ_v π(v)²
+
+
+@register_feature("topk", outputs=("topk_logps", "topk_ids"))
+def _topk(c: Chunk, k: int):
+    vals, ids = c.logits.topk(k, dim=-1)  # [C, k]
+    return vals - c.lse[:, None], ids
+
+
+@register_feature("target_ids", grad=False)
+def _target_ids(c: Chunk) -> torch.Tensor:
+    return c.targets  # [C]
+
+
+@register_feature("hidden", grad=False, inputs=("hidden",))
+def _hidden(c: Chunk) -> torch.Tensor:
+    return c.context["hidden"]  # [C, H]
+
+
+@register_feature("states", grad=False, inputs=("layers",))
+def _states(c: Chunk) -> torch.Tensor:
+    return c.context["layers"]  # [C, L, H]
+
+
+@register_feature("token_kl", inputs=("ref_hidden", "ref_head"))
+def _token_kl(c: Chunk) -> torch.Tensor:
+    w, b = c.context["ref_head"]
+    ref = F.log_softmax(F.linear(c.context["ref_hidden"], w, b).float(), dim=-1)  # [C, V], no grad
+    return (ref.exp() * (c.logp() - ref)).sum(-1)  # [C] D_t
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _chunk_fn(x, weight, bias, targets, context, grad_specs, nograd_specs):
+    """Target log-probs [C] and every requested reducer's outputs for one chunk. ``x`` is the hidden states [C, H]
+    (``weight`` given: plain linear head) or the model's logits [C, V] (fallback, ``weight`` None)."""
+    logits = (F.linear(x, weight, bias) if weight is not None else x).float()  # [C, V]; fp32 for a stable logsumexp
     lse = torch.logsumexp(logits, dim=-1)  # [C]
-    tgt = logits.gather(1, targets[:, None]).squeeze(1) - lse  # [C]; the same ops as _head_logps
-    vals, ids = logits.topk(k, dim=-1)  # [C, k]
-    return tgt, vals - lse[:, None], ids
+    tgt = logits.gather(1, targets[:, None]).squeeze(1) - lse  # [C]; the same ops whatever the features
+    chunk = Chunk(logits, lse, targets, context)
+    outs = [o for spec, params in grad_specs for o in _as_tuple(spec.fn(chunk, **params))]
+    if nograd_specs:  # after the gradient ones: checkpoint's recomputation stops before reaching these
+        with torch.no_grad():
+            outs += [o.detach() for spec, params in nograd_specs for o in _as_tuple(spec.fn(chunk, **params))]
+    return (tgt, *outs)
 
 
-def _head_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, k: int):
-    return _reduce(F.linear(h, weight, bias).float(), targets, k)  # [C], [C, k], [C, k]
-
-
-def _head_kl(h, weight, bias, targets, h_ref, w_ref, b_ref):
-    """Target log-probs [C] and D_t = Σ_v π_ref(v)(log π_θ(v) − log π_ref(v)) [C] from two heads' logits [C, V]."""
-    logits = F.linear(h, weight, bias).float()  # [C, V]
-    lse = torch.logsumexp(logits, dim=-1)  # [C]
-    tgt = logits.gather(1, targets[:, None]).squeeze(1) - lse  # the same ops as _head_logps
-    ref = F.log_softmax(F.linear(h_ref, w_ref, b_ref).float(), dim=-1)  # [C, V], no grad
-    return tgt, (ref.exp() * (logits - lse[:, None] - ref)).sum(-1)
+def _as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
 
 
 def _chunk(fn, *args):
     """Run one chunk's head function; with gradients on, keep only its inputs and recompute it in backward."""
     return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
-
-
-def _logsq(logits: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()  # [C, V]
-    return torch.logsumexp(2 * logits, -1) - 2 * torch.logsumexp(logits, -1)  # log Σ π² [C]
 
 
 def _plain_head(model) -> torch.nn.Linear | None:
@@ -109,76 +227,49 @@ def head_of(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, head.bias
 
 
-def sequence_logps(model, batch, chunk_size: int = 1024, with_logsq: bool = False, topk: int = 0,
-                   states: bool = False, kl_ref: tuple | None = None) -> SeqLogps:
-    """Per-token and summed log-probs of the completion tokens named by ``batch.scoring`` (and, with ``topk = k``,
-    the k most likely tokens' log-probs and ids at each of those positions; see the module docstring for ``states``
-    and ``kl_ref``)."""
+def sequence_logps(model, batch, chunk_size: int = 1024, features: Iterable[str | Feature] = (),
+                   context: dict[str, Any] | None = None) -> SeqLogps:
+    """Per-token and summed log-probs of the completion tokens named by ``batch.scoring``, plus the requested
+    per-token ``features`` (see the module docstring), each [S, T, ...] in ``SeqLogps.features``."""
     lm, sc = _causal_lm(model), batch.scoring
+    features = [Feature.of(f) for f in features]
+    specs = [(reducer(f.name), dict(f.params)) for f in features]
+    context = dict(context or {})
+    wanted = {k for spec, _ in specs for k in spec.inputs}
+    missing = sorted(wanted - set(BUILTIN_INPUTS) - set(context))
+    if missing:
+        raise ValueError(f"features {[str(f) for f in features]} read context {missing}, which was not given")
     kw = {"attention_mask": _mask_for(lm, batch.attention_mask), "position_ids": batch.position_ids}
     head = _plain_head(lm)
-    if kl_ref is not None and (head is None or topk):
-        raise ValueError("token KL needs a plain linear LM head and no top-k")
-    parts, sq_parts, tk_vals, tk_ids, kl_parts, layers = [], [], [], [], [], None
     if head is not None:
-        out = lm.base_model(input_ids=batch.input_ids, output_hidden_states=states, **kw)
-        h = out.last_hidden_state[sc.row, sc.pos]  # [M, H]: scored positions only
-        if states:
-            layers = torch.stack([x[sc.row, sc.pos] for x in out.hidden_states[1:]], 1)  # [M, L, H]
-        for s in range(0, h.shape[0], chunk_size):
-            hc, tc = h[s : s + chunk_size], sc.target[s : s + chunk_size]
-            if kl_ref is not None:
-                tgt, d = _chunk(_head_kl, hc, head.weight, head.bias, tc, kl_ref[0][s : s + chunk_size], *kl_ref[1:])
-                parts.append(tgt)
-                kl_parts.append(d)
-            elif topk:
-                tgt, vals, ids = _chunk(_head_topk, hc, head.weight, head.bias, tc, topk)
-                parts.append(tgt)
-                tk_vals.append(vals)
-                tk_ids.append(ids)
-            else:
-                parts.append(_chunk(_head_logps, hc, head.weight, head.bias, tc))
-            if with_logsq:
-                with torch.no_grad():
-                    sq_parts.append(_logsq(F.linear(hc, head.weight, head.bias)))
+        out = lm.base_model(input_ids=batch.input_ids, output_hidden_states="layers" in wanted, **kw)
+        x = out.last_hidden_state[sc.row, sc.pos]  # [M, H]: scored positions only
+        weight, bias = head.weight, head.bias
+        if "hidden" in wanted:
+            context["hidden"] = x
     else:
-        out = lm(input_ids=batch.input_ids, output_hidden_states=states, **kw)
-        logits = out.logits[sc.row, sc.pos]  # [M, V]
-        h = out.hidden_states[-1][sc.row, sc.pos] if states else None  # [M, H]
-        if states:
-            layers = torch.stack([x[sc.row, sc.pos] for x in out.hidden_states[1:]], 1)  # [M, L, H]
-        for s in range(0, logits.shape[0], chunk_size):
-            lc = logits[s : s + chunk_size].float()
-            if topk:
-                tgt, vals, ids = _reduce(lc, sc.target[s : s + chunk_size], topk)  # [C], [C, k], [C, k]
-                parts.append(tgt)
-                tk_vals.append(vals)
-                tk_ids.append(ids)
-            else:
-                parts.append(lc.gather(1, sc.target[s : s + chunk_size, None]).squeeze(1) - torch.logsumexp(lc, -1))
-            if with_logsq:
-                sq_parts.append(_logsq(lc.detach()))
-    flat = torch.cat(parts) if parts else batch.input_ids.new_zeros(0, dtype=torch.float32)  # [M]
-    shape = (sc.num_seqs, sc.width)
-    token_logps = flat.new_zeros(shape).index_put((sc.seq, sc.slot), flat)  # [S, T]
-    mask = torch.zeros(shape, dtype=torch.bool, device=flat.device).index_put(
-        (sc.seq, sc.slot), torch.ones_like(sc.seq, dtype=torch.bool))
-    logsq = None
-    if with_logsq:
-        sq = torch.cat(sq_parts) if sq_parts else flat.new_zeros(0)
-        logsq = sq.new_zeros(shape).index_put((sc.seq, sc.slot), sq)
-    out = SeqLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), logsq)
-    idx = (sc.seq, sc.slot)
-    if states:
-        out.states = layers.new_zeros(*shape, *layers.shape[1:]).index_put(idx, layers)  # [S, T, L, H]
-        out.last_hidden = h
-    if kl_ref is not None:
-        d = torch.cat(kl_parts) if kl_parts else flat.new_zeros(0)
-        out.token_kl = d.new_zeros(shape).index_put(idx, d)  # [S, T]
-    if topk:
-        vals = torch.cat(tk_vals) if tk_vals else flat.new_zeros(0, topk)  # [M, k]
-        ids = torch.cat(tk_ids) if tk_ids else sc.target.new_zeros(0, topk)  # [M, k]
-        out.topk_logps = vals.new_zeros(*shape, topk).index_put(idx, vals)  # [S, T, k]
-        out.topk_ids = ids.new_zeros(*shape, topk).index_put(idx, ids)  # [S, T, k]
-        out.target_ids = sc.target.new_zeros(shape).index_put(idx, sc.target)  # [S, T]
-    return out
+        out = lm(input_ids=batch.input_ids, output_hidden_states=bool(wanted & set(BUILTIN_INPUTS)), **kw)
+        x = out.logits[sc.row, sc.pos]  # [M, V]
+        weight = bias = None
+        if "hidden" in wanted:
+            context["hidden"] = out.hidden_states[-1][sc.row, sc.pos]  # [M, H]
+    if "layers" in wanted:
+        context["layers"] = torch.stack([h[sc.row, sc.pos] for h in out.hidden_states[1:]], 1)  # [M, L, H]
+    grad_specs = [s for s in specs if s[0].grad]
+    nograd_specs = [s for s in specs if not s[0].grad]
+    names = [n for spec, _ in grad_specs + nograd_specs for n in spec.outputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"features {[str(f) for f in features]} give the output names {names} more than once")
+    parts: list[tuple] = []
+    for s in range(0, max(x.shape[0], 1), chunk_size):  # at least one (possibly empty) chunk: output shapes
+        ctx = {k: v[s : s + chunk_size] if isinstance(v, torch.Tensor) else v for k, v in context.items()}
+        parts.append(_chunk(_chunk_fn, x[s : s + chunk_size], weight, bias, sc.target[s : s + chunk_size], ctx,
+                            grad_specs, nograd_specs))
+    flat = [torch.cat(col) for col in zip(*parts)]  # [M, ...] per output, scoring order
+    shape, idx = (sc.num_seqs, sc.width), (sc.seq, sc.slot)
+    grid = lambda v: v.new_zeros(shape + v.shape[1:]).index_put(idx, v)  # noqa: E731  [S, T, ...]
+    token_logps = grid(flat[0])  # [S, T]
+    mask = torch.zeros(shape, dtype=torch.bool, device=token_logps.device).index_put(
+        idx, torch.ones_like(sc.seq, dtype=torch.bool))
+    return SeqLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1),
+                    {n: grid(v) for n, v in zip(names, flat[1:])})

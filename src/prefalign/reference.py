@@ -14,18 +14,29 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefalign.logps import head_of, sequence_logps
+from prefalign.logps import Feature, head_of, sequence_logps
 
 KINDS = ("copy", "precompute", "none", "adapter")
 
 
+@dataclass
+class RefLogps:
+    """The reference's log-probs of a batch's sequences (the attributes of ``SeqLogps`` the views read)."""
+
+    seq_logps: torch.Tensor  # [S] summed
+    token_logps: torch.Tensor | None = None  # [S, T], when asked (a live reference only)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # [S, T, ...] per requested output
+
+
 class Reference:
-    """Gives reference summed log-probs [N] for a batch; ``None`` for kind ``none``."""
+    """Gives reference log-probs for a batch (``RefLogps``); ``None`` for kind ``none``."""
 
     def __init__(self, kind: str, policy=None, chunk_size: int = 1024):
         if kind not in KINDS:
@@ -39,30 +50,42 @@ class Reference:
         if kind == "adapter" and not hasattr(policy, "disable_adapter"):
             raise ValueError("reference 'adapter' needs a LoRA (PEFT) policy: set lora: true")
 
-    @torch.no_grad()
-    def logps(self, batch, policy=None, token_level: bool = False):
-        """Reference log-probs of the batch's sequences (chosen rows then rejected rows).
+    @property
+    def live(self) -> bool:
+        """Whether a model runs (``copy``, ``adapter``): only then are per-token values and features available."""
+        return self.kind in ("copy", "adapter")
 
-        Returns (summed [N], per-token [N, L-1] or None); (None, None) for kind ``none``.
-        """
+    @torch.no_grad()
+    def logps(self, batch, policy=None, token_level: bool = False,
+              features: Iterable[str | Feature] = (), score=None) -> RefLogps | None:
+        """Reference log-probs of the batch's sequences (chosen rows then rejected rows): summed, per-token with
+        ``token_level``, and the requested per-token ``features`` (registered reducers of logps.py, e.g.
+        ``"states"``, ``"hidden"``). None for kind ``none``. ``score(batch, **kw)``: the policy's wrapped log-prob
+        module (DDP/FSDP), which ``adapter`` runs with the adapter off — under FSDP only its forward gathers the
+        shards."""
+        features = tuple(features)
         if self.kind == "none":
-            return None, None
+            return None
         if self.kind == "precompute":
+            if token_level or features:
+                raise ValueError("reference 'precompute' stores summed log-probs only; use reference: copy or adapter")
             if batch.ref_logps is None:
                 raise RuntimeError("precomputed reference log-probs missing from the batch")
-            return batch.ref_logps, None
+            return RefLogps(batch.ref_logps)
         with self._model(policy) as model:
-            out = sequence_logps(model, batch, self.chunk_size)
-        return out.seq_logps, (out.token_logps if token_level else None)
+            if score is not None and self.kind == "adapter":
+                out = score(batch, chunk_size=self.chunk_size, features=features)
+            else:
+                out = sequence_logps(model, batch, self.chunk_size, features=features)
+        return RefLogps(out.seq_logps, out.token_logps if token_level else None, out.features)
 
-    @torch.no_grad()
-    def features(self, batch, policy=None):
-        """The reference's full ``SeqLogps`` with every layer's hidden states at the completion positions (SparsePO's
-        masks) and its LM head ``(weight, bias)`` (SparsePO's token KL). Only for ``copy`` and ``adapter``."""
-        if self.kind not in ("copy", "adapter"):
-            raise ValueError(f"reference '{self.kind}' has no hidden states; use reference: copy or adapter")
+    def head(self, policy=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reference's LM head (weight, bias), detached; ValueError if it is not a plain linear layer."""
+        if not self.live:
+            raise ValueError(f"reference '{self.kind}' has no LM head; use reference: copy or adapter")
         with self._model(policy) as model:
-            return sequence_logps(model, batch, self.chunk_size, states=True), head_of(model)
+            w, b = head_of(model)
+        return w.detach(), None if b is None else b.detach()
 
     @contextlib.contextmanager
     def _model(self, policy):

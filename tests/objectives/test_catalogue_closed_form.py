@@ -115,7 +115,7 @@ def test_sparsepo_ones_is_dpo():
     b = _token_pairs()
     assert_close(value("sparsepo", b, beta=0.3, mask="ones", kl_term=False), value("dpo", b, beta=0.3))
     obj = O.get("sparsepo")
-    assert obj.needs_token_logps and obj.needs_ref_token_logps
+    assert obj.needs().ref_features == ("token_logps", "states") and obj.needs().live_reference
 
 
 def test_sparsepo_masks_sparsity_and_kl():
@@ -153,7 +153,8 @@ def test_kto_trl_formula():
     assert_close(value("kto", PT(), beta=0.5, kl_estimate="batch"), t(1 - sig(0.5), 1 - sig(0.5)))
     with pytest.raises(ValueError, match="kl_policy"):
         O.get("kto")(PT())
-    assert O.get("kto").needs_mismatched and not O.get("kto", kl_estimate="batch").needs_mismatched
+    assert O.get("kto").needs().row_options == {"mismatched": True}
+    assert O.get("kto", kl_estimate="batch").needs().row_options == {}
 
 
 def test_kto_reference_point_has_no_gradient():

@@ -18,6 +18,7 @@ from tests.hand import L, f64, sig, t
 from torch.testing import assert_close
 
 from prefalign import objectives as O
+from prefalign.logps import Feature
 from prefalign.objectives import PairLogps
 
 
@@ -239,8 +240,8 @@ def _token_batch(c_rows, r_rows, c_ref=None, r_ref=None, c_lss=None, r_lss=None)
         chosen_tokens=mc.sum(1), rejected_tokens=mr.sum(1),
         policy_chosen_token_logps=pc, policy_rejected_token_logps=pr, ref_chosen_token_logps=rc,
         ref_rejected_token_logps=rr, chosen_mask=mc, rejected_mask=mr,
-        policy_chosen_token_log_sum_sq=None if c_lss is None else _tokens(c_lss)[0],
-        policy_rejected_token_log_sum_sq=None if r_lss is None else _tokens(r_lss)[0],
+        features={} if c_lss is None else {"chosen_log_sum_sq": _tokens(c_lss)[0],
+                                           "rejected_log_sum_sq": _tokens(r_lss)[0]},
     )
 
 
@@ -279,11 +280,13 @@ def test_wpo_weights_carry_no_gradient():
 def test_modifiers_need_token_inputs():
     with pytest.raises(ValueError, match="chosen_mask"):
         O.get("dpo", ld_alpha=0.5)(STD())
-    with pytest.raises(ValueError, match="token_log_sum_sq"):
+    with pytest.raises(ValueError, match="log_sum_sq"):
         O.get("ipo", use_weighting=True)(_token_batch([[-1.0]], [[-1.0]]))
-    assert O.get("dpo", ld_alpha=0.5).needs_token_logps and not O.get("dpo").needs_token_logps
-    assert O.get("sigmoid_norm", use_weighting=True).needs_token_log_sum_sq
-    assert O.get("sft", use_weighting=True).needs_token_log_sum_sq and not O.get("sft").needs_token_logps
+    assert O.get("dpo", ld_alpha=0.5).needs().ref_features == ("token_logps",) and O.get("dpo").needs() == O.Needs()
+    lss = (Feature("log_sum_sq"),)
+    assert O.get("sigmoid_norm", use_weighting=True).needs().policy_features == lss
+    assert O.get("sft", use_weighting=True).needs().policy_features == lss
+    assert O.get("sft").needs() == O.Needs(reference=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from prefalign import objectives as O
 from prefalign.data.batch import collate_pairs
 from prefalign.data.types import PairExample
-from prefalign.logps import sequence_logps
+from prefalign.logps import feature, sequence_logps
 from prefalign.objectives.base import PairLogps
 from prefalign.objectives.cringe import cringe_candidates, sample_positive
 from prefalign.testing import tiny_model
-from prefalign.train.loop import to_pair_logps
+from prefalign.train.views import to_pair_logps
 
 sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
 softplus = lambda z: math.log1p(math.exp(z))  # noqa: E731
@@ -32,8 +32,8 @@ def _hand_batch(chosen=(-4.0, -6.0)):
         policy_chosen=torch.tensor(chosen, requires_grad=True), policy_rejected=tok.sum(-1),
         chosen_tokens=torch.tensor([2.0, 3.0]), rejected_tokens=torch.tensor([2.0, 1.0]),
         policy_rejected_token_logps=tok, rejected_mask=torch.tensor([[True, True], [True, False]]),
-        rejected_topk_logps=topk, rejected_topk_ids=torch.tensor([[[3, 5], [2, 4]], [[6, 3], [0, 0]]]),
-        rejected_token_ids=torch.tensor([[3, 7], [3, 0]]),
+        features={"rejected_topk_logps": topk, "rejected_topk_ids": torch.tensor([[[3, 5], [2, 4]], [[6, 3], [0, 0]]]),
+                  "rejected_target_ids": torch.tensor([[3, 7], [3, 0]])},
     )
     return lp, tok, topk
 
@@ -91,7 +91,7 @@ def test_sampler_excludes_s_t_and_follows_pi():
 
 def test_missing_topk_is_an_error():
     lp, _, _ = _hand_batch()
-    lp.rejected_topk_logps = None
+    del lp.features["rejected_topk_logps"]
     with pytest.raises(ValueError, match="top-k"):
         O.get("cringe")(lp)
     lp, _, _ = _hand_batch()
@@ -131,19 +131,20 @@ def test_topk_logps_match_naive(tiny_tok, monkeypatch, layout, pack, plain_head)
     exs = _examples(len(tiny_tok), [(5, 3, 7), (9, 6, 2), (2, 4, 4)])
     batch = collate_pairs(exs, tiny_tok.pad_token_id, layout, pack=pack)
     k = 4
-    out = sequence_logps(model, batch, chunk_size=5, topk=k)
+    out = sequence_logps(model, batch, chunk_size=5, features=(feature("topk", k=k), "target_ids"))
     plain = sequence_logps(model, batch, chunk_size=5)
+    topk_logps, topk_ids, target_ids = (out.features[n] for n in ("topk_logps", "topk_ids", "target_ids"))
     assert torch.equal(out.token_logps, plain.token_logps) and torch.equal(out.seq_logps, plain.seq_logps)
     b = len(exs)
     for i, ex in enumerate(exs):
         for s, comp in ((i, ex.chosen_ids), (b + i, ex.rejected_ids)):
             want = _naive_topk(model, ex.prompt_ids, comp, k)
             n = len(comp)
-            torch.testing.assert_close(out.topk_logps[s, :n], want.values, atol=1e-5, rtol=1e-5)
-            assert torch.equal(out.topk_ids[s, :n], want.indices)
-            assert out.target_ids[s, :n].tolist() == comp
-            assert not out.topk_logps[s, n:].any() and not out.topk_ids[s, n:].any()
-    out.topk_logps.sum().backward()
+            torch.testing.assert_close(topk_logps[s, :n], want.values, atol=1e-5, rtol=1e-5)
+            assert torch.equal(topk_ids[s, :n], want.indices)
+            assert target_ids[s, :n].tolist() == comp
+            assert not topk_logps[s, n:].any() and not topk_ids[s, n:].any()
+    topk_logps.sum().backward()
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
 
 
@@ -158,7 +159,7 @@ def test_toy_lm_lowers_rejected_tokens(tiny_tok):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def logps():
-        return to_pair_logps(sequence_logps(model, batch, topk=obj.token_topk), None, None, batch)
+        return to_pair_logps(sequence_logps(model, batch, features=obj.needs().policy_features), None, batch)
 
     with torch.no_grad():
         first = logps()
@@ -171,5 +172,5 @@ def test_toy_lm_lowers_rejected_tokens(tiny_tok):
     assert float(last.policy_chosen[0]) > float(first.policy_chosen[0]) + 1.0
     drop = first.policy_rejected_token_logps - last.policy_rejected_token_logps  # [1, T]
     assert (drop[last.rejected_mask] > 0).all(), drop
-    contrast = F.softplus(last.policy_rejected_token_logps - last.rejected_topk_logps[..., 0])  # [1, T]
+    contrast = F.softplus(last.policy_rejected_token_logps - last.features["rejected_topk_logps"][..., 0])  # [1, T]
     assert torch.isfinite(contrast).all()

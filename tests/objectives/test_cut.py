@@ -16,7 +16,7 @@ from prefalign.logps import sequence_logps
 from prefalign.objectives import JudgedLogps
 from prefalign.objectives.cut import cut_flags
 from prefalign.testing import tiny_model
-from prefalign.train.loop import to_judged_logps
+from prefalign.train.views import to_judged_logps
 
 L = math.log
 
@@ -131,7 +131,7 @@ def test_judged_batch_log_probs_match_each_sequence_alone(tiny_tok, layout, pack
 
     with torch.no_grad():
         batch = collate_judged(exs, tiny_tok.pad_token_id, layout, pack)
-        lp = to_judged_logps(sequence_logps(model, batch), batch)
+        lp = to_judged_logps(sequence_logps(model, batch), None, batch)
         for i, e in enumerate(exs):
             n = len(e.completion_ids)
             assert_close(lp.policy_token_logps[i, :n], alone(e.prompt_ids, e.completion_ids), atol=1e-5, rtol=0)

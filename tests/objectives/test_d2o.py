@@ -16,7 +16,7 @@ from prefalign.data.types import SampleExample
 from prefalign.logps import sequence_logps
 from prefalign.objectives import PairLogps, SampleLogps
 from prefalign.testing import tiny_model
-from prefalign.train.loop import to_sample_logps
+from prefalign.train.views import to_sample_logps
 
 
 def rows(policy_s, ref_s, policy_l, ref_l, mask=None):

@@ -20,8 +20,8 @@ def _lp(rev_logps, init_logps, added, removed, rev_mask=None, init_mask=None):
                      policy_chosen_token_logps=rev, policy_rejected_token_logps=init,
                      chosen_mask=torch.ones_like(rev) if rev_mask is None else torch.tensor(rev_mask),
                      rejected_mask=torch.ones_like(init) if init_mask is None else torch.tensor(init_mask),
-                     chosen_marks=torch.tensor(added, dtype=torch.float64),
-                     rejected_marks=torch.tensor(removed, dtype=torch.float64))
+                     features={"chosen_marks": torch.tensor(added, dtype=torch.float64),
+                               "rejected_marks": torch.tensor(removed, dtype=torch.float64)})
 
 
 def test_weights_from_a_hand_made_diff():
@@ -64,7 +64,8 @@ def test_gradient_signs():
     init = torch.tensor([[-0.3, -1.5, -0.2]], requires_grad=True)
     lp = PairLogps(policy_chosen=rev.sum(1), policy_rejected=init.sum(1), policy_chosen_token_logps=rev,
                    policy_rejected_token_logps=init, chosen_mask=torch.ones(1, 2), rejected_mask=torch.ones(1, 3),
-                   chosen_marks=torch.tensor([[0.0, 1.0]]), rejected_marks=torch.tensor([[1.0, 1.0, 0.0]]))
+                   features={"chosen_marks": torch.tensor([[0.0, 1.0]]),
+                             "rejected_marks": torch.tensor([[1.0, 1.0, 0.0]])})
     O.get("figa")(lp).loss.backward()
     # 2 weighted tokens: revised #1 (α = 1) and initial #0 (CE 0.3 < 0.6); initial #1 has CE 1.5.
     torch.testing.assert_close(rev.grad, torch.tensor([[0.0, -0.5]]))
@@ -106,8 +107,8 @@ def _train(objective: str, steps: int = 15, lr: float = 0.5):
         lp = PairLogps(policy_chosen=rev.sum(1), policy_rejected=init.sum(1), chosen_tokens=torch.tensor([3.0]),
                        policy_chosen_token_logps=rev, policy_rejected_token_logps=init,
                        chosen_mask=torch.ones(1, 3), rejected_mask=torch.ones(1, 3),
-                       chosen_marks=torch.tensor([added], dtype=torch.float),
-                       rejected_marks=torch.tensor([removed], dtype=torch.float))
+                       features={"chosen_marks": torch.tensor([added], dtype=torch.float),
+                                 "rejected_marks": torch.tensor([removed], dtype=torch.float)})
         opt.zero_grad()
         O.get(objective)(lp).loss.backward()
         opt.step()

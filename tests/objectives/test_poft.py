@@ -19,7 +19,7 @@ from prefalign.objectives.poft import poft_tau
 
 def lp(policy, tokens, aligned):
     return PairLogps(t(*policy), t(*[-9.0] * len(policy)), chosen_tokens=t(*tokens),
-                     aligned_chosen=torch.tensor(aligned, dtype=f64))
+                     extras={"aligned_chosen": torch.tensor(aligned, dtype=f64)})
 
 
 def test_poft_values():
@@ -37,7 +37,7 @@ def test_poft_gradient_is_cross_entropy_gradient_times_tau():
     batch = lp([-4.0, -3.0], [2, 3], [[-2.0, -6.0], [-9.0, -3.0]])
     batch.policy_chosen.requires_grad_(True)
     O.get("poft")(batch).per_example.sum().backward()
-    tau = poft_tau(batch.policy_chosen.detach(), batch.chosen_tokens, batch.aligned_chosen)
+    tau = poft_tau(batch.policy_chosen.detach(), batch.chosen_tokens, batch.extras["aligned_chosen"])
     assert_close(tau, t(0.5, 1 / (1 + math.e)))
     ce_grad = -1 / batch.chosen_tokens  # ∂(−log p_θ/T₀)/∂ log p_θ
     assert_close(batch.policy_chosen.grad, tau * ce_grad)
@@ -53,7 +53,9 @@ def test_tau_is_small_when_the_aligned_models_find_the_target_unlikely():
 
 
 def test_poft_needs_aligned_logps():
-    assert O.get_class("poft").needs_aligned_logps and not O.get_class("poft").needs_reference
+    """The aligned log-probs come from ``prepare`` (once, before training), not from the forward pass."""
+    assert O.get("poft").needs() == O.Needs(reference=False) and not O.get_class("poft").needs_reference
+    assert O.get_class("poft").prepare is not O.Objective.prepare
     with pytest.raises(ValueError, match="aligned_chosen"):
         O.get("poft")(PairLogps(t(-1.0), t(-2.0)))
     with pytest.raises(ValueError, match="aligned_models must be a list"):

@@ -134,13 +134,21 @@ def test_combine_is_the_weighted_sum():
     out = both(b)
     assert_close(out.loss, dpo(b).loss + 0.2 * sft(b).loss)
     assert_close(out.per_example, dpo(b).per_example + 0.2 * sft(b).per_example)
-    assert both.needs_reference and not both.needs_token_logps
+    assert both.needs_reference and both.needs() == O.Needs()
     assert {"loss/dpo", "loss/sft", "rewards/margins"} <= set(out.metrics)
 
 
 def test_combine_collects_needs():
     both = O.combine([O.get("simpo"), O.get("sft", use_weighting=True)], [1.0, 1.0])
-    assert not both.needs_reference and both.needs_token_logps and both.needs_token_log_sum_sq
+    assert not both.needs_reference and both.needs() == O.Needs(False, ("log_sum_sq",))
+    three = O.combine([O.get("dpo", ld_alpha=0.5), O.get("sparsepo"), O.get("cringe", k=2)], [1.0, 1.0, 1.0])
+    n = three.needs()
+    assert n.reference and n.ref_features == ("token_logps", "states") and n.live_reference
+    assert [str(f) for f in n.policy_features] == ["token_kl", "topk(k=3)", "target_ids"]
+    with pytest.raises(ValueError, match="topk"):  # one top-k per forward pass
+        O.combine([O.get("cringe", k=2), O.get("cringe", k=3)], [1.0, 1.0])
+    kto = O.combine([O.get("kto"), O.get("kto", desirable_weight=2.0)], [1.0, 1.0])
+    assert kto.needs().row_options == {"mismatched": True}
 
 
 def test_every_objective_is_in_the_docs_table():
@@ -148,3 +156,30 @@ def test_every_objective_is_in_the_docs_table():
     text = doc.read_text()
     for name in O.names():
         assert f"| `{name}` |" in text, f"docs/objectives.md has no row for {name}"
+
+
+def test_prepare_values_are_checked_and_attached():
+    """``prepare`` returns one value per example ([N] or [N, M]); the forward step's helpers check the shape and put
+    the rows of a batch into its extras; BCO prepares nothing without UDM."""
+    from types import SimpleNamespace
+
+    from prefalign.train.forward import attach_extras, prepare_extras
+
+    class Toy(O.Objective):
+        name = "toy_prepare"
+
+        def __init__(self, values):
+            self.values = values
+
+        def prepare(self, ctx):
+            return self.values
+
+    ctx = O.PrepareContext(None, None, examples=[object()] * 3, config=None, accelerator=None, cache_dir="")
+    vals = prepare_extras(Toy({"w": torch.tensor([1.0, 2.0, 3.0]), "m": torch.arange(6.0).view(3, 2)}), ctx)
+    batch = attach_extras(SimpleNamespace(extras={"pref_prob": torch.ones(2)}), vals, [2, 0])
+    assert batch.extras["w"].tolist() == [3.0, 1.0] and batch.extras["m"].tolist() == [[4.0, 5.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match="one value per example"):
+        prepare_extras(Toy({"w": torch.ones(2)}), ctx)
+    with pytest.raises(ValueError, match="clashes"):
+        attach_extras(SimpleNamespace(extras={"w": torch.ones(2)}), vals, [0, 1])
+    assert prepare_extras(O.get("bco"), ctx) == {} and prepare_extras(Toy(None), ctx) == {}

@@ -22,8 +22,11 @@ from prefalign.data.types import PairExample
 from prefalign.logps import head_of, sequence_logps
 from prefalign.objectives.base import PairLogps
 from prefalign.objectives.sparsepo import MaskNet, activation_mask
+from prefalign.reference import Reference
 from prefalign.testing import tiny_model
-from prefalign.train.loop import to_pair_logps, train
+from prefalign.train.forward import forward
+from prefalign.train.loop import train
+from prefalign.train.views import to_pair_logps
 
 f64 = torch.float64
 L = lambda z: math.log1p(math.exp(-z))  # noqa: E731
@@ -50,8 +53,9 @@ def _pair(m_w, m_l, d=True):
     states = lambda m: torch.tensor(m, dtype=f64).view(1, -1, 1, 1).requires_grad_()  # noqa: E731  [1, T, 1, 1] leaf
     lp = PairLogps(pw.sum(1), pl.sum(1), rw.sum(1), rl.sum(1), policy_chosen_token_logps=pw,
                    policy_rejected_token_logps=pl, ref_chosen_token_logps=rw, ref_rejected_token_logps=rl,
-                   chosen_mask=mw, rejected_mask=ml, chosen_ref_states=states(m_w), rejected_ref_states=states(m_l),
-                   chosen_token_kl=t(-0.1, -0.3) if d else None, rejected_token_kl=t(-0.2, 0.0) if d else None)
+                   chosen_mask=mw, rejected_mask=ml,
+                   features={"chosen_ref_states": states(m_w), "rejected_ref_states": states(m_l),
+                             **({"chosen_token_kl": t(-0.1, -0.3), "rejected_token_kl": t(-0.2, 0.0)} if d else {})})
     return lp
 
 
@@ -93,8 +97,8 @@ def test_mask_gradient_by_hand():
     lp = _pair([1.0, 0.5], [2.0, 0.4])
     obj(lp).loss.backward()
     s = sig(-beta * (-0.35))
-    gw = lp.chosen_ref_states.grad[0, :, 0, 0]
-    gl = lp.rejected_ref_states.grad[0, :, 0, 0]
+    gw = lp.features["chosen_ref_states"].grad[0, :, 0, 0]
+    gl = lp.features["rejected_ref_states"].grad[0, :, 0, 0]
     half = sum(lam) / 2
     assert_close(gw, torch.tensor([-beta * s * (0.5 + 0.1) + half, -beta * s * (-0.2 + 0.3) + half], dtype=f64))
     assert_close(gl, torch.tensor([beta * s * (0.3 + 0.2) + half, 0.0], dtype=f64))
@@ -124,7 +128,10 @@ def test_hyperparameter_ranges():
     for bad in ({"mask": "random"}, {"beta": 0.0}, {"lambda_u": -1.0}):
         with pytest.raises(ValueError):
             O.get("sparsepo", **bad)
-    assert O.get("sparsepo", mask="ones", kl_term=False).needs_ref_states is False
+    assert O.get("sparsepo", mask="ones", kl_term=False).needs().ref_features == ("token_logps",)
+    needs = O.get("sparsepo").needs()
+    assert needs.ref_features == ("token_logps", "states") and [f.name for f in needs.policy_features] == ["token_kl"]
+    assert needs.ref_inputs() == ("hidden", "head") and needs.live_reference
     assert O.get("sparsepo").build_module(SimpleNamespace(hidden_size=8, num_hidden_layers=2)) is not None
     assert O.get("sparsepo", mask="reference").build_module(SimpleNamespace(hidden_size=8, num_hidden_layers=2)) is None
 
@@ -145,13 +152,15 @@ def test_token_kl_and_states_match_naive(tiny_tok, layout, pack):
     pol, ref = tiny_model(tiny_tok, seed=1).train(), tiny_model(tiny_tok, seed=2).eval()
     exs = _examples(len(tiny_tok), [(5, 3, 7), (9, 6, 2), (2, 4, 4)])
     batch = collate_pairs(exs, tiny_tok.pad_token_id, layout, pack=pack)
+    sc = batch.scoring
     with torch.no_grad():
-        r = sequence_logps(ref, batch, chunk_size=4, states=True)
-    w, b = head_of(ref)
-    out = sequence_logps(pol, batch, chunk_size=4, kl_ref=(r.last_hidden, w, b))
+        r = sequence_logps(ref, batch, chunk_size=4, features=("states", "hidden"))
+    ctx = {"ref_hidden": r.features["hidden"][sc.seq, sc.slot], "ref_head": head_of(ref)}  # [M, H], (W, b)
+    out = sequence_logps(pol, batch, chunk_size=4, features=("token_kl",), context=ctx)
     plain = sequence_logps(pol, batch, chunk_size=4)
     assert torch.equal(out.token_logps, plain.token_logps)
-    out.token_kl.sum().backward()
+    token_kl, states = out.features["token_kl"], r.features["states"]
+    token_kl.sum().backward()
     got_grad = pol.get_output_embeddings().weight.grad.clone()
     pol.zero_grad()
     want_sum, nb = 0.0, len(exs)
@@ -163,15 +172,16 @@ def test_token_kl_and_states_match_naive(tiny_tok, layout, pack):
                 hs = ref.model(input_ids=ids, output_hidden_states=True).hidden_states[1:]
                 lp_ref = ref(input_ids=ids).logits[0, p - 1 : -1].log_softmax(-1)
             d = (lp_ref.exp() * (lp_pol - lp_ref)).sum(-1)  # [n]
-            assert_close(out.token_kl[s, :n], d.detach(), atol=1e-5, rtol=1e-5)
-            assert not out.token_kl[s, n:].any()
-            assert_close(r.states[s, :n], torch.stack([h[0, p - 1 : -1] for h in hs], 1), atol=1e-5, rtol=1e-5)
+            assert_close(token_kl[s, :n], d.detach(), atol=1e-5, rtol=1e-5)
+            assert not token_kl[s, n:].any()
+            assert_close(states[s, :n], torch.stack([h[0, p - 1 : -1] for h in hs], 1), atol=1e-5, rtol=1e-5)
             want_sum = want_sum + d.sum()
     want_sum.backward()
     assert_close(got_grad, pol.get_output_embeddings().weight.grad, atol=1e-5, rtol=1e-4)
     with torch.no_grad():
-        same = sequence_logps(pol, batch, kl_ref=(sequence_logps(pol, batch, states=True).last_hidden,) + head_of(pol))
-    assert same.token_kl.abs().max() < 1e-6
+        own = sequence_logps(pol, batch, features=("hidden",)).features["hidden"][sc.seq, sc.slot]
+        same = sequence_logps(pol, batch, features=("token_kl",), context={"ref_hidden": own, "ref_head": head_of(pol)})
+    assert same.features["token_kl"].abs().max() < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,17 +209,15 @@ def _train_toy(lambda_u: float, steps: int = 60):
     obj = O.get("sparsepo", beta=1.0, lambda_u=lambda_u, lambda_d=lambda_u)
     net = obj.build_module(pol.config)
     opt = torch.optim.Adam([*pol.parameters(), *net.parameters()], lr=1e-2)
-    batch, w = _toy_batch(), head_of(ref)
-    for _ in range(steps):
-        with torch.no_grad():
-            r = sequence_logps(ref, batch, states=True)
-        p = sequence_logps(pol, batch, kl_ref=(r.last_hidden, *w))
+    batch = _toy_batch()
+    reference = Reference("copy", ref)
+    for _ in range(steps):  # the training loop's forward step: reference states and head → the policy's token KL
         opt.zero_grad()
-        out = obj(to_pair_logps(p, r.seq_logps, r.token_logps, batch, r))
+        out, p, _ = forward(obj, obj.needs(), pol, reference, batch, to_pair_logps)
         out.loss.backward()
         opt.step()
     with torch.no_grad():
-        m = net(r.states)  # [2B, T]
+        m = net(reference.logps(batch, features=("states",)).features["states"])  # [2B, T]
     return m, p
 
 

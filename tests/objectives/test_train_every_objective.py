@@ -112,7 +112,7 @@ def test_objective_trains(name, tiny_model_dir, tmp_path):
     obj = O.get(name)
     data = write_data(tmp_path / "rows.jsonl", obj)
     hp = dict(OVERRIDES.get(name, {"beta": 0.5} if "beta" in O.hparam_names(name) else {}))
-    if obj.needs_aligned_logps:  # PoFT: the initial model itself as the one frozen "aligned" model
+    if "aligned_models" in O.hparam_names(name):  # PoFT: the initial model itself as the one frozen "aligned" model
         hp["aligned_models"] = [str(tiny_model_dir)]
     beta = hp.pop("beta", 0.1)
     cfg = config(tiny_model_dir, data, tmp_path / "out", max_steps=4, learning_rate=5e-3, batch_size=4,

@@ -103,7 +103,7 @@ def to_pair_logps(b: Batch) -> PairLogps:
         policy_chosen_token_logps=pol[:B], policy_rejected_token_logps=pol[B:],
         ref_chosen_token_logps=ref[:B], ref_rejected_token_logps=ref[B:],
         chosen_mask=m[:B], rejected_mask=m[B:],
-        policy_chosen_token_log_sum_sq=lss[:B], policy_rejected_token_log_sum_sq=lss[B:],
+        features={"chosen_log_sum_sq": lss[:B], "rejected_log_sum_sq": lss[B:]},
     )
 
 

@@ -29,7 +29,7 @@ def population(logits: torch.Tensor, obj) -> torch.Tensor:
     if obj is None:  # token-mean cross-entropy (T = 1)
         return -(weight * lp).sum()
     batch = PairLogps(lp, lp.detach(), chosen_tokens=torch.ones_like(lp),
-                      aligned_chosen=ALIGNED[:2].repeat(P)[:, None])
+                      extras={"aligned_chosen": ALIGNED[:2].repeat(P)[:, None]})
     return (weight * obj(batch).per_example).sum()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefalign.train.loop import Trainer, train
+from prefalign.train.loop import build, train
 
 from .helpers import config, read_metrics, write_pairs
 
@@ -72,18 +72,18 @@ def test_precompute_cache_hit_and_miss(tiny_model_dir, tmp_path):
 
     s1 = json.loads((first / "run_complete.json").read_text())
     assert s1["reference_cache_hit"] is False and s1["reference_forward_passes"] == 0
-    second = Trainer(config(tiny_model_dir, data, tmp_path / "r2", reference="precompute",
-                            reference_cache_dir=str(cache)), log=_quiet)
-    assert second.ref_cache_hit is True and second.reference.model is None
+    second = build(config(tiny_model_dir, data, tmp_path / "r2", reference="precompute",
+                          reference_cache_dir=str(cache)), log=_quiet)
+    assert second.method.ref_cache_hit is True and second.method.reference.model is None
     second.train()
     assert json.loads((tmp_path / "r2" / "run_complete.json").read_text())["reference_forward_passes"] == 0
     # Same losses as a frozen copy, which runs the reference alongside.
     copy_run = train(config(tiny_model_dir, data, tmp_path / "r3", reference="copy"), log=_quiet)
     for a, b in zip(read_metrics(first), read_metrics(copy_run)):
         assert abs(a["loss"] - b["loss"]) < 1e-5
-    third = Trainer(config(tiny_model_dir, data, tmp_path / "r4", reference="precompute",
-                           reference_cache_dir=str(cache), max_length=500), log=_quiet)
-    assert third.ref_cache_hit is False
+    third = build(config(tiny_model_dir, data, tmp_path / "r4", reference="precompute",
+                         reference_cache_dir=str(cache), max_length=500), log=_quiet)
+    assert third.method.ref_cache_hit is False
 
 
 def test_lora_adapter_reference_trains_saves_and_merges(tiny_model_dir, tmp_path):

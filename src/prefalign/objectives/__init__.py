@@ -6,10 +6,12 @@
 
 from prefalign.objectives.base import (
     JudgedLogps,
+    Needs,
     Objective,
     ObjectiveOutput,
     PairLogps,
     PointLogps,
+    PrepareContext,
     SampleLogps,
     reward_metrics,
 )
@@ -19,10 +21,12 @@ from prefalign.objectives.registry import get, get_class, hparam_names, names, r
 __all__ = [
     "Combined",
     "JudgedLogps",
+    "Needs",
     "Objective",
     "ObjectiveOutput",
     "PairLogps",
     "PointLogps",
+    "PrepareContext",
     "SampleLogps",
     "combine",
     "get",

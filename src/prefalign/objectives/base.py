@@ -1,24 +1,94 @@
 """The objective contract: an objective is a pure function of log-probs.
 
-An objective receives per-sequence (and, when it asks, per-token) log-probs of the policy and, when it needs one,
-of the reference, for the rows of a batch, plus the row fields it declares. It returns per-example losses and
-named metrics. It never sees a model, tokenizer or optimizer.
+An objective receives per-sequence (and per-token) log-probs of the policy and, when it needs one, of the reference,
+for the rows of a batch, plus the row fields it declares and the per-token features it asks for. It returns
+per-example losses and named metrics. It never sees a model, tokenizer or optimizer (``prepare``, the one exception,
+computes per-example constants from frozen models once before training).
 
 Conventions (stated once, used everywhere):
 - ``policy_*`` / ``ref_*`` are **summed** log-probs over completion tokens, shape [B].
 - ``*_tokens`` are completion token counts, shape [B] (so length-averaged log-probs are ``logp / tokens``).
-- ``*_token_logps`` (optional) are per-token log-probs, [B, T], zero where ``*_mask`` is 0.
-- ``policy_*_token_log_sum_sq`` (optional) are, per completion position t, log Σ_v π_θ(v | x, y_<t)², [B, T], zero
-  where the mask is 0. Only WPO weighting needs them; an objective asks for them with ``needs_token_log_sum_sq``,
-  and then the log-prob layer must provide them (from the same logits as the token log-probs, no gradient needed).
+- ``*_token_logps`` are per-token log-probs, [B, T], zero where ``*_mask`` is 0.
+- ``features`` are per-token quantities the objective asked for in ``needs()`` (registered reducers of the log-prob
+  layer, logps.py) and per-sequence row data, [B, T, ...], zero where the mask is 0, keyed by the sequence's role:
+  ``chosen_<out>`` / ``rejected_<out>`` for the policy's outputs (``chosen_log_sum_sq``: log Σ_v π_θ(v)², WPO;
+  ``rejected_topk_logps`` / ``rejected_topk_ids`` / ``rejected_target_ids``: Cringe; ``chosen_token_kl``: SparsePO),
+  ``chosen_ref_<out>`` for the reference's (``chosen_ref_states``: SparsePO), and ``chosen_marks`` /
+  ``rejected_marks`` for revision rows' token marks (FIGA).
+- ``extras`` are [B] (or [B, M]) per-example values: declared row fields (``pref_prob``) and what ``prepare`` computed
+  (BCO's ``udm_weight``, PoFT's ``aligned_chosen``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
+
+from prefalign.logps import Feature, reducer
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an objective asks the training loop for (``Objective.needs()``); the loop provides exactly that.
+
+    - ``reference``: reference summed log-probs (``ref_*``);
+    - ``policy_features``: per-token features computed on the policy's logits (``"log_sum_sq"``,
+      ``feature("topk", k=6)``, ``"token_kl"``, or any registered reducer), in ``features`` as ``chosen_<out>``...;
+    - ``ref_features``: from the reference: ``"token_logps"`` (per-token ``ref_*_token_logps``) or a registered
+      reducer run on the reference (``"states"``), in ``features`` as ``chosen_ref_<out>``...;
+    - ``row_options``: options for collating this row kind (KTO: ``{"mismatched": True}``).
+    """
+
+    reference: bool = True
+    policy_features: tuple[Feature, ...] = ()
+    ref_features: tuple[str, ...] = ()
+    row_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy_features", tuple(Feature.of(f) for f in self.policy_features))
+        object.__setattr__(self, "ref_features", tuple(self.ref_features))
+        object.__setattr__(self, "row_options", dict(self.row_options))
+
+    def merge(self, other: Needs) -> Needs:
+        """What two objectives need together; the same feature with different parameters, or the same row option
+        with different values, cannot be served at once (ValueError)."""
+        feats = dict((f.name, f) for f in self.policy_features)
+        for f in other.policy_features:
+            if feats.setdefault(f.name, f) != f:
+                raise ValueError(f"cannot combine objectives asking for feature {feats[f.name]} and {f}")
+        opts = dict(self.row_options)
+        for k, v in other.row_options.items():
+            if opts.setdefault(k, v) != v:
+                raise ValueError(f"cannot combine objectives with row option {k}={opts[k]!r} and {k}={v!r}")
+        return Needs(self.reference or other.reference, tuple(feats.values()),
+                     tuple(dict.fromkeys(self.ref_features + other.ref_features)), opts)
+
+    def ref_inputs(self) -> tuple[str, ...]:
+        """The reference's outputs the policy's reducers read (their ``ref_<x>`` context keys), ``head`` included."""
+        keys = (k for f in self.policy_features for k in reducer(f.name).inputs)
+        return tuple(dict.fromkeys(k[len("ref_"):] for k in keys if k.startswith("ref_")))
+
+    @property
+    def live_reference(self) -> bool:
+        """True when the reference must run alongside the policy (``copy`` or ``adapter``): per-token or feature
+        outputs of it are needed, which a precomputed reference does not have."""
+        return bool(self.ref_features or self.ref_inputs())
+
+
+@dataclass
+class PrepareContext:
+    """What ``Objective.prepare`` may use, once, before training."""
+
+    model: Any  # the initial policy (frozen by convention: do not train it here)
+    tokenizer: Any
+    examples: list  # every example: the training ones, then the evaluation ones
+    config: Any  # TrainConfig
+    accelerator: Any
+    cache_dir: str  # where expensive results may be cached (like ``reference: precompute``)
+    log: Callable[..., None] = print
 
 
 @dataclass
@@ -31,36 +101,16 @@ class PairLogps:
     ref_rejected: torch.Tensor | None = None  # [B]
     chosen_tokens: torch.Tensor | None = None  # [B] completion token counts
     rejected_tokens: torch.Tensor | None = None  # [B]
-    # Optional per-token views, for objectives that declare ``needs_token_logps``.
     policy_chosen_token_logps: torch.Tensor | None = None  # [B, Tc]
     policy_rejected_token_logps: torch.Tensor | None = None  # [B, Tr]
-    ref_chosen_token_logps: torch.Tensor | None = None  # [B, Tc]
+    ref_chosen_token_logps: torch.Tensor | None = None  # [B, Tc], when ``needs().ref_features`` has "token_logps"
     ref_rejected_token_logps: torch.Tensor | None = None  # [B, Tr]
     chosen_mask: torch.Tensor | None = None  # [B, Tc] 1 on completion tokens
     rejected_mask: torch.Tensor | None = None  # [B, Tr]
-    # log Σ_v π_θ(v|x, y_<t)² per completion position (WPO weights); see ``needs_token_log_sum_sq``.
-    policy_chosen_token_log_sum_sq: torch.Tensor | None = None  # [B, Tc]
-    policy_rejected_token_log_sum_sq: torch.Tensor | None = None  # [B, Tr]
-    # Extra row fields an objective declares (e.g. "pref_prob", "score_chosen"), each a [B] tensor.
+    # Per-example values: declared row fields and ``prepare``'s results, [B] or [B, M].
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    # Summed log p_j(y_w|x) of M frozen "aligned" models, for objectives that set ``needs_aligned_logps`` (PoFT).
-    aligned_chosen: torch.Tensor | None = None  # [B, M]
-    # Revision rows (``row_kind = "revision"``, FIGA): chosen = revised y, rejected = initial ŷ; 0/1 per token: chosen
-    # tokens the revision added or changed, rejected tokens it deleted or replaced (data/revision.py).
-    chosen_marks: torch.Tensor | None = None  # [B, Tc]
-    rejected_marks: torch.Tensor | None = None  # [B, Tr]
-    # The rejected tokens' top-k alternatives (``token_topk``, Pairwise Cringe): per completion position t, the k
-    # largest log π_θ(v | x, y_l,<t) (with gradient) and their ids, and the token y_l,t itself; 0 where the mask is 0.
-    rejected_topk_logps: torch.Tensor | None = None  # [B, Tr, k]
-    rejected_topk_ids: torch.Tensor | None = None  # [B, Tr, k] long
-    rejected_token_ids: torch.Tensor | None = None  # [B, Tr] long
-    # SparsePO: the reference's hidden state after each of its L layers at each completion position (the state that
-    # predicts y_t; no grad), when ``needs_ref_states``; and D_t = −KL_t(π_ref‖π_θ) per token (grad into the policy),
-    # when ``needs_token_kl``. 0 where the mask is 0.
-    chosen_ref_states: torch.Tensor | None = None  # [B, Tc, L, H]
-    rejected_ref_states: torch.Tensor | None = None  # [B, Tr, L, H]
-    chosen_token_kl: torch.Tensor | None = None  # [B, Tc]
-    rejected_token_kl: torch.Tensor | None = None  # [B, Tr]
+    # Requested per-token features and per-sequence row data, [B, T, ...] (module docstring for the keys).
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.chosen_tokens is None:
@@ -73,12 +123,26 @@ class PairLogps:
         return self.policy_chosen.shape[0]
 
 
+def require(lp, who: str, *names: str) -> list[torch.Tensor]:
+    """The fields or ``features`` entries ``names`` of a log-prob container; a ValueError naming what is missing."""
+    feats = getattr(lp, "features", {})
+    got = [getattr(lp, n, None) if n in {f.name for f in fields(lp)} else feats.get(n) for n in names]
+    cls = type(lp).__name__
+    missing = [f"{cls}.{n}" if n in {f.name for f in fields(lp)} else f"{cls}.features['{n}']"
+               for n, g in zip(names, got) if g is None]
+    if missing:
+        raise ValueError(f"{who} needs {', '.join(missing)}")
+    return got
+
+
 @dataclass
 class PointLogps:
     """Log-probs for a batch of B unpaired (point-wise) examples: one completion each, labelled desirable or not.
 
     ``kl_policy`` / ``kl_ref`` are the log-probs of *mismatched* completions (prompt i with the completion of
-    example i − 1, TRL's KTO "KL dataset"), provided only when the objective sets ``needs_mismatched``.
+    example i − 1, TRL's KTO "KL dataset"), provided only when the objective's ``needs().row_options`` has
+    ``mismatched``. ``features`` hold the rows' requested per-token features ([B, T, ...]; the mismatched
+    sequences' under ``mismatched_<out>``).
     """
 
     policy: torch.Tensor  # [B] summed log π_θ(y|x)
@@ -88,6 +152,7 @@ class PointLogps:
     kl_policy: torch.Tensor | None = None  # [B] log π_θ(y_{i−1}|x_i), mismatched pairs
     kl_ref: torch.Tensor | None = None  # [B] log π_ref(y_{i−1}|x_i)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tokens is None:
@@ -103,7 +168,8 @@ class PointLogps:
 class SampleLogps:
     """Log-probs for B rows of one human negative y_l and K self-generated samples y_1..y_K each (D2O's rows).
 
-    K may differ between rows: ``*_samples`` are [B, K_max], zero where ``sample_mask`` is False.
+    K may differ between rows: ``*_samples`` are [B, K_max], zero where ``sample_mask`` is False. ``features``:
+    ``rejected_<out>`` [B, T, ...] and ``samples_<out>`` [B, K, T, ...].
     """
 
     policy_rejected: torch.Tensor  # [B] summed log π_θ(y_l|x)
@@ -114,6 +180,7 @@ class SampleLogps:
     rejected_tokens: torch.Tensor | None = None  # [B]
     sample_tokens: torch.Tensor | None = None  # [B, K]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sample_mask = self.sample_mask.bool()
@@ -130,12 +197,14 @@ class SampleLogps:
 @dataclass
 class JudgedLogps:
     """Per-token log-probs of B completions y, each scored after the prompt x alone and after x with a judgment j in
-    context (CUT's rows). Token t of both views is the same token of y."""
+    context (CUT's rows). Token t of both views is the same token of y. ``features``: ``<out>`` after x,
+    ``judged_<out>`` after x ⊕ j, [B, T, ...]."""
 
     policy_token_logps: torch.Tensor  # [B, T] log π_θ(y_t | x, y_<t), 0 past the end
     judged_token_logps: torch.Tensor  # [B, T] log π_θ(y_t | x ⊕ j, y_<t), 0 past the end
     mask: torch.Tensor  # [B, T] 1 on completion tokens
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -153,23 +222,14 @@ class Objective:
     """Base class. Subclasses set the class attributes and implement ``compute``.
 
     Hyperparameters are dataclass fields of the subclass (decorate it with ``@dataclass``); ``get`` passes
-    keyword arguments to them, so an unknown hyperparameter is an error.
+    keyword arguments to them, so an unknown hyperparameter is an error. What the loop must provide beyond summed
+    log-probs is asked for by ``needs()`` (which may depend on hyperparameters), per-example constants from frozen
+    models by ``prepare``.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for ``prefalign objectives``
     needs_reference: ClassVar[bool] = True
-    needs_token_logps: ClassVar[bool] = False
-    # Also per-token log Σ_v π_θ(v)² of the policy (``policy_*_token_log_sum_sq``); implies ``needs_token_logps``.
-    needs_token_log_sum_sq: ClassVar[bool] = False
-    # Per-token log-probs of the *reference* too (``ref_*_token_logps``); a precomputed reference lacks them.
-    needs_ref_token_logps: ClassVar[bool] = False
-    # Log-probs of the chosen responses under frozen "aligned" models (``PairLogps.aligned_chosen``); the objective
-    # then has an ``aligned_models`` hyperparameter naming their folders.
-    needs_aligned_logps: ClassVar[bool] = False
-    # k > 0: also the policy's k most likely tokens (log-probs and ids) at each rejected completion position
-    # (``PairLogps.rejected_topk_*``), computed chunk by chunk in the log-prob layer; implies ``needs_token_logps``.
-    token_topk: ClassVar[int] = 0
     # "paired" | "unpaired" | "samples" (SampleLogps) | "revision" (PairLogps with token marks) | "judgment"
     # (JudgedLogps) | "ranked"
     row_kind: ClassVar[str] = "paired"
@@ -177,10 +237,23 @@ class Objective:
     # Paired rows may be cross-prompt pairs (``chosen_prompt``/``rejected_prompt``): chosen scored after x₁, rejected
     # after x₂. Only objectives whose loss is meaningful across prompts (JPO) set it; the others refuse such files.
     cross_prompt: ClassVar[bool] = False
-    # SparsePO: the reference's per-layer hidden states (``*_ref_states``) and the per-token KL (``*_token_kl``); both
-    # imply per-token reference log-probs. Instances may set them (they depend on hyperparameters).
-    needs_ref_states: ClassVar[bool] = False
-    needs_token_kl: ClassVar[bool] = False
+
+    def needs(self) -> Needs:
+        """What the loop must provide (see ``Needs``). Default: the reference per ``needs_reference``, nothing more;
+        subclasses extend it, e.g. ``replace(super().needs(), policy_features=("log_sum_sq",))``."""
+        return Needs(reference=self.needs_reference)
+
+    def prepare(self, ctx: PrepareContext) -> dict[str, torch.Tensor] | None:
+        """Per-example constants computed once before training from frozen models (BCO's UDM weights, PoFT's
+        aligned-model log-probs): ``{name: [N] or [N, M]}`` in ``ctx.examples`` order; the loop hands them to
+        ``compute`` as ``extras[name]``. Cache what is expensive under ``ctx.cache_dir``. Default: nothing."""
+        return None
+
+    @property
+    def needs_ref_token_logps(self) -> bool:
+        """Read by train/setup.py's ``reference_kind`` (refusing ``reference: precompute``); not a declaration:
+        it follows ``needs().live_reference``."""
+        return self.needs().live_reference
 
     def build_module(self, model_config) -> torch.nn.Module | None:
         """Trainable parameters the objective owns (SparsePO's mask network), built once the model is known; the

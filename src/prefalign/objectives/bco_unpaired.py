@@ -14,8 +14,8 @@ Each micro-batch is one call (TRL: each per-device batch).
 
 ``udm: true`` adds underlying distribution matching (the paper's UDM, TRL's ``_get_udm_weight``): each undesirable
 row's loss is weighted by clamp(p/(1 − p), min_density_ratio, max_density_ratio), p = P(desirable | prompt) from a
-balanced logistic regression on frozen prompt embeddings fitted once before training (train/udm.py); the training
-loop hands the weights in as the row field ``udm_weight``. ``udm_encoder`` names an encoder folder; empty = the
+balanced logistic regression on frozen prompt embeddings fitted once before training (``prepare``, train/udm.py);
+the training loop hands the weights in as ``extras["udm_weight"]``. ``udm_encoder`` names an encoder folder; empty = the
 initial policy's mean-pooled prompt states. Loss = mean over rows of the weighted terms (as TRL).
 
 Needs a reference model; summed log-probs; unpaired rows. Defaults: β = 0.1, delta = True. Value at policy =
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefalign.objectives.base import ObjectiveOutput, PointLogps
+from prefalign.objectives.base import ObjectiveOutput, PointLogps, PrepareContext
 from prefalign.objectives.pointwise import PointObjective, check_beta, point_metrics
 from prefalign.objectives.registry import register
 
@@ -59,6 +59,15 @@ class BCO(PointObjective):
                              f"{self.min_density_ratio}, {self.max_density_ratio}")
         if self.prompt_sample_size < 1:
             raise ValueError(f"prompt_sample_size must be ≥ 1, got {self.prompt_sample_size}")
+
+    def prepare(self, ctx: PrepareContext) -> dict[str, torch.Tensor] | None:
+        """``udm_weight`` [N] (with ``udm``): the density-ratio weight of every example, from the initial policy's
+        (or ``udm_encoder``'s) prompt embeddings."""
+        if not self.udm:
+            return None
+        from prefalign.train.udm import udm_weights
+
+        return {"udm_weight": udm_weights(self, ctx.model, ctx.tokenizer, ctx.examples, ctx.config)}
 
     def state(self) -> dict:
         return {"sum": self._sum, "count": self._count}

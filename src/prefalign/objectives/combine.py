@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps
+from prefalign.objectives.base import Needs, Objective, ObjectiveOutput, PairLogps, PrepareContext
 
 
 class Combined(Objective):
-    """Not registered: built by ``combine``. Needs what any part needs."""
+    """Not registered: built by ``combine``. Needs what any part needs (``Needs.merge``)."""
 
     name = "combined"
 
@@ -20,17 +22,23 @@ class Combined(Objective):
             raise ValueError(f"cannot combine objectives over different row kinds: {sorted(kinds)}")
         self.parts, self.weights = parts, weights
         self.needs_reference = any(p.needs_reference for p in parts)
-        self.needs_token_logps = any(p.needs_token_logps for p in parts)
-        self.needs_token_log_sum_sq = any(p.needs_token_log_sum_sq for p in parts)
-        self.needs_ref_token_logps = any(p.needs_ref_token_logps for p in parts)
-        self.needs_aligned_logps = any(p.needs_aligned_logps for p in parts)
-        self.token_topk = max(p.token_topk for p in parts)
-        self.needs_ref_states = any(p.needs_ref_states for p in parts)
-        self.needs_token_kl = any(p.needs_token_kl for p in parts)
-        self.aligned_models = [m for p in parts for m in getattr(p, "aligned_models", ())]
         self.row_kind = parts[0].row_kind
         self.cross_prompt = all(p.cross_prompt for p in parts)
         self.extra_fields = tuple(dict.fromkeys(f for p in parts for f in p.extra_fields))
+        self._needs = functools.reduce(Needs.merge, (p.needs() for p in parts))  # ValueError if they conflict
+
+    def needs(self) -> Needs:
+        return self._needs
+
+    def prepare(self, ctx: PrepareContext) -> dict[str, torch.Tensor] | None:
+        """Every part's per-example constants (two parts computing the same name must agree)."""
+        out: dict[str, torch.Tensor] = {}
+        for p in self.parts:
+            for k, v in (p.prepare(ctx) or {}).items():
+                if k in out and not torch.equal(out[k], v):
+                    raise ValueError(f"objectives of a combination prepare different values for '{k}'")
+                out[k] = v
+        return out or None
 
     def state(self) -> dict:
         return {p.name: p.state() for p in self.parts}

@@ -15,7 +15,8 @@ ones are left alone.
 
 Candidate set (checked in the binary Cringe reference code, ParlAI projects/cringe/cringe_loss.py, read but not
 copied): take the top k + 1 tokens; if s_t is among them drop it, else drop the (k + 1)-th, so there are always
-exactly k candidates. The log-prob layer therefore provides ``token_topk = k + 1`` per rejected position.
+exactly k candidates. The objective therefore asks the log-prob layer for the feature ``topk`` with k + 1 (and
+``target_ids``): ``features["rejected_topk_logps"]``, ``["rejected_topk_ids"]``, ``["rejected_target_ids"]``.
 The sampling draws uniforms from torch's global CPU RNG, which the trainer seeds and checkpoints, so runs and resumes
 are reproducible (on any device).
 
@@ -30,12 +31,13 @@ No reference model. One training pass; the paper's iterative PCO (regenerate pai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, reward_metrics
+from prefalign.logps import feature
+from prefalign.objectives.base import Needs, Objective, ObjectiveOutput, PairLogps, require, reward_metrics
 from prefalign.objectives.registry import register
 
 
@@ -75,16 +77,15 @@ class PairwiseCringe(Objective):
     name = "cringe"
     summary = "Pairwise Cringe: NLL(y_w) + σ((b − margin)/τ)·Cringe(y_l) (top-k token contrast); reference-free"
     needs_reference = False
-    needs_token_logps = True
 
     k: int = 5  # candidate positives per rejected token (binary Cringe's; unverified for the pairwise paper)
     margin: float = 1.0  # b, in nats of summed log-prob (unverified: chosen here)
     tau: float = 1.0  # τ, the gate's temperature (unverified: chosen here)
     detach_gate: bool = True  # no gradient through g (unverified)
 
-    @property
-    def token_topk(self) -> int:  # type: ignore[override]
-        return self.k + 1  # the log-prob layer's top k + 1; one of them may be s_t itself
+    def needs(self) -> Needs:
+        # the top k + 1 of the log-prob layer (one of them may be s_t itself), and s_t
+        return replace(super().needs(), policy_features=(feature("topk", k=self.k + 1), "target_ids"))
 
     def validate(self) -> None:
         if not (isinstance(self.k, int) and self.k >= 1):
@@ -93,20 +94,20 @@ class PairwiseCringe(Objective):
             raise ValueError(f"tau must be > 0, got {self.tau}")
 
     def __call__(self, lp: PairLogps) -> ObjectiveOutput:
-        if lp.rejected_topk_logps is None or lp.rejected_token_ids is None or lp.policy_rejected_token_logps is None:
-            raise ValueError("objective 'cringe' needs per-token log-probs and the top-k log-probs of the rejected "
-                             "tokens (PairLogps.rejected_topk_logps, rejected_topk_ids, rejected_token_ids)")
-        if lp.rejected_topk_logps.shape[-1] < self.k + 1:
+        _, topk, _, _ = require(lp, "objective 'cringe' (per-token log-probs and the rejected tokens' top-k)",
+                                "policy_rejected_token_logps", "rejected_topk_logps", "rejected_topk_ids",
+                                "rejected_target_ids")
+        if topk.shape[-1] < self.k + 1:
             raise ValueError(f"objective 'cringe' with k={self.k} needs the top {self.k + 1} log-probs, "
-                             f"got {lp.rejected_topk_logps.shape[-1]}")
+                             f"got {topk.shape[-1]}")
         return self.compute(lp)
 
     def compute(self, lp: PairLogps) -> ObjectiveOutput:
-        n = self.k + 1
-        topk, ids = lp.rejected_topk_logps[..., :n], lp.rejected_topk_ids[..., :n]  # [B, Tr, k+1]
+        n, f = self.k + 1, lp.features
+        topk, ids = f["rejected_topk_logps"][..., :n], f["rejected_topk_ids"][..., :n]  # [B, Tr, k+1]
         tok = lp.policy_rejected_token_logps  # [B, Tr] log π(s_t)
         mask = (lp.rejected_mask if lp.rejected_mask is not None else torch.ones_like(tok)).to(tok.dtype)  # [B, Tr]
-        cand = cringe_candidates(ids, lp.rejected_token_ids, mask.bool())  # [B, Tr, k+1]
+        cand = cringe_candidates(ids, f["rejected_target_ids"], mask.bool())  # [B, Tr, k+1]
         pos_idx = sample_positive(topk, cand)  # [B, Tr]
         per_tok = cringe_token_loss(tok, topk, pos_idx) * mask  # [B, Tr]
         cringe = per_tok.sum(-1) / mask.sum(-1).clamp(min=1)  # [B] token mean over y_l

@@ -54,7 +54,6 @@ class CUT(Objective):
     name = "cut"
     summary = "CUT: ½[NLL of y given x+judgment + per-token (unlikelihood if the judgment flags it, else NLL) given x]"
     needs_reference = False
-    needs_token_logps = True
     row_kind: ClassVar[str] = "judgment"
 
     threshold: float = 1.1  # λ: flag y_t when p(y_t|x,j)/p(y_t|x) > λ (reference `threshold`)

@@ -15,7 +15,8 @@ threshold) are unlearned (−β·CE: gradient ascent on their CE); removed token
 Unchanged tokens carry no signal. ``per_example`` is B times each row's share of the batch sum, so its mean is the
 loss (under gradient accumulation the count is per micro-batch, like ``sft``'s token mean).
 
-Defaults: α = 1, β = 0.5, threshold = 0.6. No reference model. Needs per-token log-probs and the token marks.
+Defaults: α = 1, β = 0.5, threshold = 0.6. No reference model. Needs per-token log-probs and the token marks (row
+data of revision rows, split like features: ``features["chosen_marks"]``, ``["rejected_marks"]``).
 
 Checked in the reference code: replaced tokens of ŷ are penalised like deleted ones (its negative mask keeps every
 edit op but ``insert``); the normaliser counts tokens with non-zero weight. Differences, kept on purpose:
@@ -37,7 +38,7 @@ from typing import ClassVar
 
 import torch
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps
+from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, require
 from prefalign.objectives.registry import register
 
 
@@ -59,7 +60,6 @@ class FIGA(Objective):
     name = "figa"
     summary = "FIGA: α·CE on tokens the revision added, −β·CE on removed tokens still likely (CE < threshold)"
     needs_reference = False
-    needs_token_logps = True
     row_kind: ClassVar[str] = "revision"
 
     alpha: float = 1.0  # weight of the CE of added/changed tokens of the revision y
@@ -78,16 +78,16 @@ class FIGA(Objective):
             raise ValueError(f"upper_threshold must be ≥ threshold, got {self.upper_threshold}")
 
     def __call__(self, lp: PairLogps) -> ObjectiveOutput:
-        if lp.chosen_marks is None or lp.rejected_marks is None or lp.policy_chosen_token_logps is None:
-            raise ValueError("objective 'figa' needs per-token log-probs and revision token marks "
-                             "(PairLogps.chosen_marks, rejected_marks; rows with 'initial' and 'revised')")
+        require(lp, "objective 'figa' (per-token log-probs and revision token marks of rows with 'initial' and "
+                "'revised')", "policy_chosen_token_logps", "policy_rejected_token_logps", "chosen_marks",
+                "rejected_marks")
         return self.compute(lp)
 
     def compute(self, lp: PairLogps) -> ObjectiveOutput:
         ce_rev = -lp.policy_chosen_token_logps  # [B, Tc] revised y
         ce_init = -lp.policy_rejected_token_logps  # [B, Tr] initial ŷ
-        added = lp.chosen_marks.to(ce_rev.dtype)  # [B, Tc]
-        removed = lp.rejected_marks.to(ce_init.dtype)  # [B, Tr]
+        added = lp.features["chosen_marks"].to(ce_rev.dtype)  # [B, Tc]
+        removed = lp.features["rejected_marks"].to(ce_init.dtype)  # [B, Tr]
         if lp.chosen_mask is not None:  # marks are zero past each completion already; be safe about padding
             added = added * lp.chosen_mask.to(added.dtype)
             removed = removed * lp.rejected_mask.to(removed.dtype)

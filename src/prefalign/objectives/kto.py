@@ -9,7 +9,8 @@ Eq. 7), with TRL 1.16 ``KTOTrainer`` semantics (``loss_type="kto"``).
 
 z₀, the KL reference point: TRL pairs each prompt with the completion of the previous example in the batch (its "KL
 dataset") and takes the batch mean of the log-ratio of those mismatched pairs, detached and clamped at 0.
-``kl_estimate``: "mismatched" (TRL; the loop provides ``kl_policy``/``kl_ref``), "batch" (mean of the rows' own h,
+``kl_estimate``: "mismatched" (TRL; ``needs().row_options = {"mismatched": True}``, and the loop provides
+``kl_policy``/``kl_ref``), "batch" (mean of the rows' own h,
 detached, clamped at 0 — no extra forward pass; an approximation, not TRL), "none" (z₀ = 0, as TRL's
 ``apo_zero_unpaired`` does for its KL). Under several processes TRL also averages z₀ across processes; here it is
 the micro-batch's.
@@ -22,11 +23,11 @@ here it is up to the user.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from prefalign.objectives.base import ObjectiveOutput, PointLogps
+from prefalign.objectives.base import Needs, ObjectiveOutput, PointLogps
 from prefalign.objectives.pointwise import PointObjective, check_beta, point_metrics
 from prefalign.objectives.registry import register
 
@@ -44,9 +45,9 @@ class KTO(PointObjective):
     undesirable_weight: float = 1.0
     kl_estimate: str = "mismatched"
 
-    @property
-    def needs_mismatched(self) -> bool:  # type: ignore[override]
-        return self.kl_estimate == "mismatched"
+    def needs(self) -> Needs:
+        mismatched = {"mismatched": True} if self.kl_estimate == "mismatched" else {}
+        return replace(super().needs(), row_options=mismatched)
 
     def validate(self) -> None:
         check_beta(self.beta)

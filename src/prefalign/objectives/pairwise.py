@@ -5,7 +5,7 @@ in this order (TRL 1.16 ``DPOTrainer`` semantics; docs/objectives.md has the tab
 
 1. **LD-DPO** (``ld_alpha``, Length Desensitization, arXiv 2409.06411). With ℓ = min(|y₊|, |y₋|), each
    sequence log-prob (policy and reference alike) becomes Σ_{t≤ℓ} log π(y_t) + α·Σ_{t>ℓ} log π(y_t).
-   Needs per-token log-probs and masks.
+   Needs per-token log-probs and masks (the reference's too: ``needs().ref_features = ("token_logps",)``).
    ``None`` (default) = off; α = 1 is plain DPO, α = 0 drops the tokens beyond the shared length.
 2. Log-ratios h± = log π_θ(y±) − log π_ref(y±) (summed).
 3. **f-divergence** (``f_divergence``, f-DPO, Wang et al. 2023, arXiv 2309.16240): scores s± = g(h±) with
@@ -17,7 +17,8 @@ in this order (TRL 1.16 ``DPOTrainer`` semantics; docs/objectives.md has the tab
 4. ``pair_loss`` → per-pair loss [B].
 5. **WPO** (``use_weighting``, arXiv 2406.11827 Eq. 2): multiply by w₊·w₋, w = exp(mean_t[log π_θ(y_t) −
    log Σ_v π_θ(v)²]) over all completion tokens, without gradient. Needs policy per-token log-probs, masks and
-   ``policy_*_token_log_sum_sq``. Sorting objectives (AOT) reject it: the weights would not follow the sort.
+   the feature ``log_sum_sq`` (``features["chosen_log_sum_sq"]``, ``["rejected_log_sum_sq"]``, computed chunk by
+   chunk in logps.py). Sorting objectives (AOT) reject it: the weights would not follow the sort.
 
 The length divisors of ``ipo`` / ``sigmoid_norm``, the ``sft`` NLL and the WPO weights always use all tokens.
 """
@@ -25,13 +26,13 @@ The length divisors of ``ipo`` / ``sigmoid_norm``, the ``sft`` NLL and the WPO w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, reward_metrics
+from prefalign.objectives.base import Needs, Objective, ObjectiveOutput, PairLogps, require, reward_metrics
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
@@ -89,23 +90,15 @@ def chosen_nll(lp: PairLogps) -> torch.Tensor:
     return -lp.policy_chosen.sum() / lp.chosen_tokens.sum().clamp(min=1)
 
 
-def _require(lp: PairLogps, names: tuple[str, ...], why: str) -> None:
-    missing = [n for n in names if getattr(lp, n) is None]
-    if missing:
-        raise ValueError(f"{why} needs PairLogps.{', PairLogps.'.join(missing)}")
+WPO_FEATURES = ("log_sum_sq",)  # what ``use_weighting`` asks the log-prob layer for
 
 
 def wpo_weights(lp: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
     """(w₊, w₋), the WPO weights of chosen and rejected; [B] each."""
-    _require(
-        lp,
-        ("policy_chosen_token_logps", "policy_rejected_token_logps", "chosen_mask", "rejected_mask",
-         "policy_chosen_token_log_sum_sq", "policy_rejected_token_log_sum_sq"),
-        "use_weighting (WPO)",
-    )
-    w_w = wpo_weight(lp.policy_chosen_token_logps, lp.policy_chosen_token_log_sum_sq, lp.chosen_mask)
-    w_l = wpo_weight(lp.policy_rejected_token_logps, lp.policy_rejected_token_log_sum_sq, lp.rejected_mask)
-    return w_w, w_l
+    tok_w, tok_l, m_w, m_l, sq_w, sq_l = require(
+        lp, "use_weighting (WPO)", "policy_chosen_token_logps", "policy_rejected_token_logps", "chosen_mask",
+        "rejected_mask", "chosen_log_sum_sq", "rejected_log_sum_sq")
+    return wpo_weight(tok_w, sq_w, m_w), wpo_weight(tok_l, sq_l, m_l)
 
 
 @dataclass
@@ -146,18 +139,10 @@ class PairwiseObjective(Objective):
     use_weighting: bool = field(default=False, kw_only=True)  # WPO
     ld_alpha: float | None = field(default=None, kw_only=True)  # LD-DPO; None = off
 
-    # The loop reads these on the instance: what it must provide depends on the modifiers.
-    @property
-    def needs_token_logps(self) -> bool:  # type: ignore[override]
-        return self.use_weighting or self.ld_alpha is not None
-
-    @property
-    def needs_token_log_sum_sq(self) -> bool:  # type: ignore[override]
-        return self.use_weighting
-
-    @property
-    def needs_ref_token_logps(self) -> bool:  # type: ignore[override]
-        return self.ld_alpha is not None  # LD-DPO rebuilds the reference's sequence log-probs too
+    def needs(self) -> Needs:
+        """WPO: the policy's log Σπ²; LD-DPO: the reference's per-token log-probs (it rebuilds its sums too)."""
+        return replace(super().needs(), policy_features=WPO_FEATURES if self.use_weighting else (),
+                       ref_features=("token_logps",) if self.ld_alpha is not None else ())
 
     def validate(self) -> None:
         if not self.beta > 0:
@@ -184,12 +169,8 @@ class PairwiseObjective(Objective):
         """(policy_w, policy_l, ref_w, ref_l) sequence log-probs [B], LD-DPO-weighted when ``ld_alpha`` is set."""
         if self.ld_alpha is None:
             return lp.policy_chosen, lp.policy_rejected, lp.ref_chosen, lp.ref_rejected
-        _require(
-            lp,
-            ("policy_chosen_token_logps", "policy_rejected_token_logps", "ref_chosen_token_logps",
-             "ref_rejected_token_logps", "chosen_mask", "rejected_mask"),
-            "ld_alpha (LD-DPO)",
-        )
+        require(lp, "ld_alpha (LD-DPO)", "policy_chosen_token_logps", "policy_rejected_token_logps",
+                "ref_chosen_token_logps", "ref_rejected_token_logps", "chosen_mask", "rejected_mask")
         shared = torch.minimum(lp.chosen_mask.sum(1), lp.rejected_mask.sum(1))  # [B] ℓ = min(|y₊|, |y₋|)
         a = self.ld_alpha
         return (

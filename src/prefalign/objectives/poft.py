@@ -14,12 +14,12 @@ Gradient (derived in tests/objectives/test_poft.py): ∂loss/∂θ = τ·∇_θ[
 cross-entropy gradient times τ = σ(−u) = ḡ/(ḡ + p_θ^{1/T₀}), with ḡ = exp((1/M)Σ_j b_j) the geometric mean of the
 p_j^{1/T_j}. A target the aligned models find unlikely (small ḡ) gets a small τ: noisy targets are down-weighted.
 
-Needs: log-probs of the M aligned models (``PairLogps.aligned_chosen``, [B, M] summed over the completion) and
-token counts; no reference model. In ``prefalign train`` the aligned models are folders given as
-``objective_args: {poft: {aligned_models: [folder, …]}}``; their log-probs are computed once before training and
-cached on disk like ``reference: precompute`` (train/precompute.py). They must share the policy's tokenizer, so
-T_j = T₀ here (the paper allows other tokenizers; not supported). Defaults: aligned_models = [] (pure-function use
-passes ``aligned_chosen`` directly). No temperature/scale hyperparameter (none in the catalogue's formula).
+Needs: log-probs of the M aligned models (``PairLogps.extras["aligned_chosen"]``, [B, M] summed over the
+completion) and token counts; no reference model. In ``prefalign train`` the aligned models are folders given as
+``objective_args: {poft: {aligned_models: [folder, …]}}``; ``prepare`` computes their log-probs once before training
+and caches them on disk like ``reference: precompute`` (train/precompute.py). They must share the policy's
+tokenizer, so T_j = T₀ here (the paper allows other tokenizers; not supported). Defaults: aligned_models = []
+(pure-function use passes ``extras["aligned_chosen"]`` directly). No temperature/scale hyperparameter (none in the catalogue's formula).
 Value when every p_j = p_θ: ln 2, and τ = ½ (half the SFT gradient).
 """
 
@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps
+from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, PrepareContext
 from prefalign.objectives.registry import register
 
 
@@ -50,7 +50,6 @@ class PoFT(Objective):
     name = "poft"
     summary = "PoFT: −log σ(log p_θ(y)/T − mean_j log p_j(y)/T), p_j frozen aligned models; = SFT gradient × τ"
     needs_reference: ClassVar[bool] = False
-    needs_aligned_logps: ClassVar[bool] = True
 
     aligned_models: list[str] = field(default_factory=list)
 
@@ -59,14 +58,28 @@ class PoFT(Objective):
                                                                          for m in self.aligned_models):
             raise ValueError(f"aligned_models must be a list of model folders, got {self.aligned_models!r}")
 
+    def prepare(self, ctx: PrepareContext) -> dict[str, torch.Tensor]:
+        """``aligned_chosen`` [N, M]: each aligned model's summed log-prob of every example's chosen completion,
+        cached on disk (train/precompute.py)."""
+        from prefalign.errors import UserError
+        from prefalign.train.precompute import aligned_logps
+
+        if not self.aligned_models:
+            raise UserError("config", f"objective '{self.name}' needs frozen aligned models",
+                            f"set objective_args: {{{self.name}: {{aligned_models: [folder, ...]}}}}")
+        return {"aligned_chosen": aligned_logps(ctx.accelerator, list(self.aligned_models), ctx.tokenizer,
+                                                ctx.examples, ctx.config, ctx.cache_dir, ctx.log)}
+
     def compute(self, lp: PairLogps) -> ObjectiveOutput:
-        if lp.aligned_chosen is None:
-            raise ValueError("objective 'poft' needs PairLogps.aligned_chosen (log-probs of the aligned models)")
+        aligned = lp.extras.get("aligned_chosen")  # [B, M]
+        if aligned is None:
+            raise ValueError("objective 'poft' needs PairLogps.extras['aligned_chosen'] (log-probs of the aligned "
+                             "models)")
         tokens = lp.chosen_tokens.to(lp.policy_chosen.dtype).clamp(min=1)  # [B]
         a = lp.policy_chosen / tokens  # [B]
-        b = (lp.aligned_chosen.to(a.dtype) / tokens[:, None]).mean(1)  # [B]
+        b = (aligned.to(a.dtype) / tokens[:, None]).mean(1)  # [B]
         per_example = -F.logsigmoid(a - b)
-        tau = poft_tau(lp.policy_chosen.detach(), tokens, lp.aligned_chosen.detach().to(a.dtype))
+        tau = poft_tau(lp.policy_chosen.detach(), tokens, aligned.detach().to(a.dtype))
         metrics = {"nll": (-a).detach().mean().item(), "poft/tau": tau.mean().item(),
                    "poft/margin": (a - b).detach().mean().item()}
         return ObjectiveOutput(per_example.mean(), per_example, metrics)

@@ -1,8 +1,8 @@
 """What every point-wise (unpaired) objective shares: rows are (prompt, completion, label), not pairs.
 
 A point-wise objective sets ``row_kind = "unpaired"`` and receives a ``PointLogps`` (policy/reference summed
-log-probs of each completion, the boolean label, token counts, and, when ``needs_mismatched`` is set, the log-probs
-of mismatched prompt/completion pairs for KTO's KL estimate). ``per_example[i]`` is the loss of row i.
+log-probs of each completion, the boolean label, token counts, and, when ``needs().row_options`` has
+``mismatched`` (KTO), the log-probs of mismatched prompt/completion pairs for KTO's KL estimate). ``per_example[i]`` is the loss of row i.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ class PointObjective(Objective):
     """Base of point-wise objectives; subclasses implement ``compute(PointLogps)``."""
 
     row_kind: ClassVar[str] = "unpaired"
-    # Also the log-probs of mismatched pairs (prompt i, completion i − 1); a property where it depends on hparams.
-    needs_mismatched: ClassVar[bool] = False
 
     def __call__(self, logps: PointLogps) -> ObjectiveOutput:  # type: ignore[override]
         if not isinstance(logps, PointLogps):

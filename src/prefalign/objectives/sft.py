@@ -10,10 +10,10 @@ A batch-level token mean, so ``per_example`` repeats one value: ``loss`` equals 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps
-from prefalign.objectives.pairwise import chosen_nll, wpo_weights
+from prefalign.objectives.base import Needs, Objective, ObjectiveOutput, PairLogps
+from prefalign.objectives.pairwise import WPO_FEATURES, chosen_nll, wpo_weights
 from prefalign.objectives.registry import register
 
 
@@ -26,13 +26,8 @@ class SFT(Objective):
 
     use_weighting: bool = False  # WPO: multiply by w₊·w₋ (TRL applies its weights to every loss type)
 
-    @property
-    def needs_token_logps(self) -> bool:  # type: ignore[override]
-        return self.use_weighting
-
-    @property
-    def needs_token_log_sum_sq(self) -> bool:  # type: ignore[override]
-        return self.use_weighting
+    def needs(self) -> Needs:
+        return replace(super().needs(), policy_features=WPO_FEATURES if self.use_weighting else ())
 
     def compute(self, lp: PairLogps) -> ObjectiveOutput:
         nll = chosen_nll(lp)

@@ -25,20 +25,22 @@ reaches the policy through a mask). ``mask`` picks where masks come from:
 - ``ones``: m ≡ 1; with ``kl_term: false`` this is the DPO loss exactly (test_sparsepo_ones_is_dpo).
 
 ``kl_term: false`` drops d (and λ_d). Needs a reference model (``copy`` or ``adapter``: hidden states and the LM head
-are read from it, so not ``precompute``) and per-token log-probs; summed over tokens, not length-averaged.
+are read from it, so not ``precompute``) and per-token log-probs; summed over tokens, not length-averaged. It asks
+(``needs()``) for the reference's per-token log-probs and, with a learned or reference mask, its ``states``
+(``features["chosen_ref_states"]``, [B, T, L, H]); with the KL term, for the policy feature ``token_kl``
+(``features["chosen_token_kl"]``), whose reducer (logps.py) reads the reference's final states and LM head.
 Defaults: β = 0.1, λ_u = λ_d = 0.001, mask_weight_decay = 0.01 (the reference code's HH "sparse-common" row),
 shared mask, KL term on. Value at policy = reference: ln 2 + the ℓ1 term (h = D = 0).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from prefalign.objectives.base import Objective, ObjectiveOutput, PairLogps, reward_metrics
+from prefalign.objectives.base import Needs, Objective, ObjectiveOutput, PairLogps, require, reward_metrics
 from prefalign.objectives.registry import register
 
 MASKS = ("learned", "reference", "ones")
@@ -99,8 +101,6 @@ def sparsepo_loss(h_w: torch.Tensor, h_l: torch.Tensor, mask_w: torch.Tensor, ma
 class SparsePO(Objective):
     name = "sparsepo"
     summary = "SparsePO: DPO over token log-ratios and token KL weighted by sparse masks (learned or MaPO)"
-    needs_token_logps: ClassVar[bool] = True
-    needs_ref_token_logps: ClassVar[bool] = True
 
     beta: float = 0.1
     mask: str = "learned"
@@ -111,9 +111,12 @@ class SparsePO(Objective):
     mask_weight_decay: float = 0.01
 
     def __post_init__(self) -> None:
-        self.needs_ref_states = self.mask in ("learned", "reference")
-        self.needs_token_kl = self.kl_term
         self.net: torch.nn.Module | None = None
+
+    def needs(self) -> Needs:
+        states = ("states",) if self.mask in ("learned", "reference") else ()
+        return replace(super().needs(), policy_features=("token_kl",) if self.kl_term else (),
+                       ref_features=("token_logps", *states))
 
     def validate(self) -> None:
         if not self.beta > 0:
@@ -138,9 +141,7 @@ class SparsePO(Objective):
         """(m^u_w, m^u_l, m^d_w, m^d_l), each [B, T]."""
         if self.mask == "ones":
             return ones_w, ones_l, ones_w, ones_l
-        if lp.chosen_ref_states is None or lp.rejected_ref_states is None:
-            raise ValueError("objective 'sparsepo' needs PairLogps.chosen_ref_states and rejected_ref_states")
-        sw, sl = lp.chosen_ref_states, lp.rejected_ref_states  # [B, T, L, H]
+        sw, sl = require(lp, "objective 'sparsepo'", "chosen_ref_states", "rejected_ref_states")  # [B, T, L, H]
         if self.mask == "reference":
             mw, ml = activation_mask(sw, lp.chosen_mask), activation_mask(sl, lp.rejected_mask)
             return mw, ml, mw, ml
@@ -154,17 +155,16 @@ class SparsePO(Objective):
     def compute(self, lp: PairLogps) -> ObjectiveOutput:
         need = ("policy_chosen_token_logps", "policy_rejected_token_logps", "ref_chosen_token_logps",
                 "ref_rejected_token_logps", "chosen_mask", "rejected_mask")
-        need += ("chosen_token_kl", "rejected_token_kl") if self.kl_term else ()
-        missing = [n for n in need if getattr(lp, n) is None]
-        if missing:
-            raise ValueError(f"objective 'sparsepo' needs PairLogps.{', PairLogps.'.join(missing)}")
+        got = require(lp, "objective 'sparsepo'", *need,
+                      *(("chosen_token_kl", "rejected_token_kl") if self.kl_term else ()))
+        kl_w, kl_l = got[6:] if self.kl_term else (None, None)  # [B, T] D_t
         h_w = lp.policy_chosen_token_logps - lp.ref_chosen_token_logps  # [B, Tc]
         h_l = lp.policy_rejected_token_logps - lp.ref_rejected_token_logps  # [B, Tr]
         mu_w, mu_l, md_w, md_l = self._masks(lp, torch.ones_like(h_w), torch.ones_like(h_l))
         lam_u, lam_d = (0.0, 0.0) if self.mask != "learned" else (self.lambda_u, self.lambda_d)
         if self.shared_mask and self.mask == "learned":
             lam_u, lam_d = lam_u / 2, lam_d / 2  # one mask carries both penalties (reference code)
-        kl = (md_w, md_l, lp.chosen_token_kl, lp.rejected_token_kl) if self.kl_term else (None,) * 4
+        kl = (md_w, md_l, kl_w, kl_l) if self.kl_term else (None,) * 4
         per_example = sparsepo_loss(h_w, h_l, lp.chosen_mask, lp.rejected_mask, mu_w, mu_l, self.beta, *kl,
                                     lambda_u=lam_u, lambda_d=lam_d)
         cw, cl = lp.chosen_mask.bool(), lp.rejected_mask.bool()

@@ -21,31 +21,16 @@ from prefalign.train.faults import maybe_fault
 FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
 
 
-class Params:
-    """The policy's parameters plus the objective's own (SparsePO's masks) under ``objective.``, saved and restored
-    together; with no objective module the checkpoint is the policy's alone."""
-
-    def __init__(self, model, extra=None):
-        self.model, self.extra = model, extra
-
-    def named_parameters(self):
-        yield from self.model.named_parameters()
-        if self.extra is not None:
-            for n, p in self.extra.named_parameters():
-                yield f"objective.{n}", p
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: dict, scheduler: dict, state: dict,
+                    keep: int) -> Path:
+    """Write full CPU tensors (the engine gathers sharded ones first): trainable parameters by name, the optimizer's
+    and scheduler's state dicts, the RNG and ``state``."""
     final = folder / f"step-{state['step']}"
     tmp = folder / f"step-{state['step']}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write(tmp, model, optimizer, scheduler, state)
+        _write(tmp, params, optimizer, scheduler, state)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder behind
         raise
@@ -56,11 +41,11 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep
     return final
 
 
-def _write(tmp: Path, model, optimizer, scheduler, state: dict) -> None:
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+def _write(tmp: Path, params: dict, optimizer: dict, scheduler: dict, state: dict) -> None:
+    save_file(params, str(tmp / "trainable.safetensors"))
     maybe_fault("mid_checkpoint", state["step"])
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(optimizer, tmp / "optimizer.pt")
+    torch.save(scheduler, tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _fsync_dir(tmp)
@@ -74,17 +59,20 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, named_params, optimizer, scheduler) -> dict:
+    """Restore parameters (``named_params``: (name, parameter) pairs; a sharded one takes its shard), optimizer,
+    scheduler and RNG; returns ``state``."""
+    from prefalign.train.distributed import load_full
+
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise UserError(str(path), f"checkpoint is incomplete (missing {', '.join(missing)})",
                         "delete this checkpoint folder to resume from the previous one")
     try:
         params = load_file(str(path / "trainable.safetensors"))
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in params.items():
-                named[n].copy_(t)
+        named = dict(named_params)
+        for n, t in params.items():
+            load_full(named[n], t)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])

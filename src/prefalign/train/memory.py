@@ -8,40 +8,18 @@ import resource
 
 import torch
 
-from prefalign.data import PointExample, collate_pairs
-from prefalign.data.batch import collate_judged, collate_points, collate_samples
-from prefalign.data.types import JudgedExample, SampleExample
-
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def longest(examples, k: int) -> list[int]:
-    def size(e) -> int:  # tokens of every sequence the example becomes (a shared prompt counted once)
-        n = len(e.prompt_ids) + sum(len(getattr(e, f, ())) for f in ("chosen_ids", "rejected_ids", "completion_ids"))
-        n += sum(len(s) for s in getattr(e, "sample_ids", ()))
-        n += len(getattr(e, "rejected_prompt_ids", None) or ())  # cross-prompt pair: x₂ too
-        if isinstance(e, JudgedExample):  # CUT: the completion again, after the judged prompt
-            n += len(e.judged_prompt_ids) + len(e.completion_ids)
-        return n
-
-    return sorted(range(len(examples)), key=lambda i: -size(examples[i]))[:k]
-
-
-def estimate(model, examples, cfg, ref_copy: bool) -> str:
+def estimate(model, method, cfg) -> str:
     """Parameters, gradients, AdamW state, a reference copy, activations of the longest micro-batch."""
+    ref_copy = getattr(method, "ref_kind", None) == "copy"
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     elem = next(model.parameters()).element_size()
-    collate = collate_pairs
-    if examples and isinstance(examples[0], PointExample):
-        collate = collate_points
-    elif examples and isinstance(examples[0], SampleExample):
-        collate = collate_samples
-    elif examples and isinstance(examples[0], JudgedExample):
-        collate = collate_judged
-    batch = collate([examples[i] for i in longest(examples, cfg.batch_size)], 0, cfg.layout, cfg.pack)
+    batch = method.longest_micro_batch().data
     c = model.config
     h, inter, layers = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size), c.num_hidden_layers
     # ≈ what autograd keeps per token and layer: norms, q/k/v/o, attention output, 3 MLP projections.
@@ -55,20 +33,20 @@ def estimate(model, examples, cfg, ref_copy: bool) -> str:
     return "memory estimate: " + ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v) + f"; total ≈ {_gib(total)}"
 
 
-def probe(trainer) -> str:
-    """Forward + backward on the longest micro-batch; gradients dropped, RNG and objective state (BCO's δ)
-    restored, so the probe changes nothing about the run."""
-    rng, obj_state = torch.get_rng_state(), trainer.objective.state()
-    cuda = torch.cuda.is_available() and trainer.acc.device.type == "cuda"
+def probe(engine) -> str:
+    """Forward + backward on the longest micro-batch through the method's public API; gradients dropped, RNG and
+    the method's state (BCO's δ, counters) restored, so the probe changes nothing about the run."""
+    method = engine.method
+    rng, snap = torch.get_rng_state(), method.snapshot()
+    cuda = torch.cuda.is_available() and engine.acc.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    idx = longest(trainer.examples, trainer.cfg.batch_size)
-    batch = trainer._batch(idx, trainer.examples)
-    out, _, _ = trainer._forward(batch)
-    out.loss.backward()
-    trainer.opt.zero_grad(set_to_none=True)
+    mb = method.longest_micro_batch()
+    loss, _ = method.loss(mb, -1)
+    loss.backward()
+    engine.opt.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
-    trainer.objective.load_state(obj_state)
+    method.restore(snap)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     where = "GPU memory" if cuda else "process memory (RSS)"
-    return f"longest batch ({batch.num_tokens} tokens) ran: peak {where} {_gib(peak)}"
+    return f"longest batch ({mb.data.num_tokens} tokens) ran: peak {where} {_gib(peak)}"

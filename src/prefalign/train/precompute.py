@@ -45,7 +45,7 @@ def reference_logps(acc, model, tokenizer, examples, cfg, cache_dir: str, log, w
 
 
 def aligned_logps(acc, folders: list[str], tokenizer, examples, cfg, cache_dir: str, log) -> torch.Tensor:
-    """[len(examples), M]: summed log p_j(chosen|prompt) under each frozen aligned model (PoFT), computed once per
+    """[len(examples), M]: summed log p_j(chosen|prompt) under each frozen aligned model (PoFT's ``prepare``), once per
     model and cached under the same fingerprint scheme as ``reference: precompute``. One model in memory at a time.
     The models must share the policy's tokenizer (the rows are tokenized once)."""
     vocab = tokenizer.get_vocab()

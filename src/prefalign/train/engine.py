@@ -1,0 +1,263 @@
+"""THE training loop: one engine runs every training method (preference objectives, SFT, and what comes next).
+
+A *method* (``train/method.py``) supplies what differs — its models, parameter groups, the micro-batches of step s
+and their loss, evaluation, running state, what to save. The engine does everything else, the same way for all:
+
+- data order: step s takes stream positions [s·G, (s+1)·G) of seeded per-epoch permutations (G = the global batch,
+  batch_size × gradient_accumulation_steps × processes), so resuming at step s needs only s;
+- each micro-batch's loss is weighted by its share of the global batch (× processes, since DDP and FSDP average
+  gradients over processes), so the gradient is the global-batch mean whatever the split;
+- gradient sync through PyTorch's engines (``train/distributed.py``: DDP, or FSDP2 sharding parameters, gradients
+  and optimizer state), clipping, NaN policy, AdamW and the schedule, SIGINT/SIGTERM, atomic checkpoints with exact
+  ``--resume``, progress bar, JSONL/TensorBoard metrics, health checks, eval cadence, the final save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from prefalign.errors import UserError
+from prefalign.train import checkpoint as ckpt
+from prefalign.train import distributed as dist
+from prefalign.train.config import TrainConfig, save, to_dict
+from prefalign.train.faults import maybe_fault, nan_at
+from prefalign.train.health import HealthMonitor
+from prefalign.train.logger import MetricsLogger
+from prefalign.train.setup import FINISHED_MARKER, check_output_dir, fresh_output_dir
+
+
+def stream_indices(step: int, global_batch: int, n: int, seed: int, shuffle: bool = True) -> list[int]:
+    """Example indices for optimizer step ``step`` (see module docstring)."""
+    out, pos = [], step * global_batch
+    while len(out) < global_batch:
+        epoch, offset = divmod(pos, n)
+        gen = torch.Generator().manual_seed(seed + epoch)
+        perm = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
+        take = perm[offset : offset + global_batch - len(out)]
+        out += take
+        pos += len(take)
+    return out
+
+
+class Engine:
+    """Builds the method's models, wraps them for the process group, and runs ``train()``."""
+
+    def __init__(self, cfg: TrainConfig, method, accelerator: Accelerator | None = None, log=print):
+        self.cfg, self.method, self.log = cfg, method, log
+        # cpu=True on a machine without CUDA: accelerate then forms a gloo group when launched with several processes.
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.out = check_output_dir(cfg)
+        method.setup(self)  # data first (every bad row before any model), then the model(s)
+        self.global_batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
+        per_epoch = math.ceil(method.num_examples / self.global_batch)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_epochs * per_epoch))
+        self.sharding = dist.sharding_mode(cfg, self.acc)
+        if self.acc.is_main_process:
+            self.log(dist.describe(self.sharding, self.acc, cfg))
+        # The trainable modules as one module whose forward is the log-prob computation (DDP and FSDP hook forward).
+        self.scorer = dist.wrap(method.model, method.extra_module, self.sharding, cfg, self.acc.device)
+        groups = method.param_groups()
+        opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+        from transformers import get_scheduler
+
+        self.warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
+        self.sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=self.warmup,
+                                   num_training_steps=self.total_steps)  # stepped once per optimizer step
+        self.opt = opt
+
+    # --- what methods call -------------------------------------------------------------------------------------
+    def score(self, batch, **kw):
+        """The policy's ``SeqLogps`` of ``batch`` through the wrapped module (so DDP/FSDP see the forward)."""
+        with dist.autocast(self.cfg, self.sharding, self.acc.device):
+            return self.scorer(batch, **kw)
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg, acc = self.cfg, self.acc
+        start = self._resume() if cfg.resume else 0
+        if acc.is_main_process:
+            fresh_output_dir(self.out, cfg)
+            save(cfg, self.out / "config.yaml")
+            self.method.save_inputs(self.out)
+        acc.wait_for_everyone()
+        logger = MetricsLogger(self.out, cfg.report_to, to_dict(cfg), acc.is_main_process, resume_step=start)
+        health = HealthMonitor(self.warmup, warn=self.log)
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not (cfg.progress and
+                   acc.is_main_process), dynamic_ncols=True)
+        if cfg.memory_probe and start < self.total_steps:
+            self._probe()
+        stop = _StopRequest()
+        try:
+            for step in range(start, self.total_steps):
+                if stop.signal:
+                    self._checkpoint(step)
+                    raise Interrupted(step, stop.signal, self.out)
+                metrics = self._step(step, health)
+                bar.update(1)
+                if metrics is not None:
+                    bar.set_postfix({k: f"{metrics[k]:.4f}" if k == "loss" else f"{metrics[k]:.2f}"
+                                     for k in ("loss", *self.method.progress_keys) if k in metrics})
+                    if (step + 1) % cfg.logging_steps == 0 or step == 0:
+                        logger.log(step + 1, metrics)
+                if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and self.method.has_eval:
+                    logger.log(step + 1, self._evaluate())
+                if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < self.total_steps:
+                    self._checkpoint(step + 1)
+        finally:
+            bar.close()
+            stop.restore()
+        final = {"eval": self._evaluate()} if self.method.has_eval else {}
+        if final:
+            logger.log(self.total_steps, final["eval"])
+        logger.close()
+        self._save_final(final, health)
+        return self.out
+
+    def _step(self, step: int, health: HealthMonitor) -> dict | None:
+        cfg, acc, method = self.cfg, self.acc, self.method
+        t0 = time.perf_counter()
+        idx = stream_indices(step, self.global_batch, method.num_examples, cfg.seed, cfg.shuffle)
+        micro = method.micro_batches(step, idx, acc.process_index, acc.num_processes)
+        sums: dict[str, float] = {}
+        rows: list[int] = []
+        self.scorer.train()
+        for k, mb in enumerate(micro):
+            last = k == len(micro) - 1
+            with dist.sync_context(self.scorer, self.sharding, last):
+                loss, metrics = method.loss(mb, step)
+                if nan_at(step + 1):
+                    loss = loss * float("nan")
+                # mb.weight: the micro-batch's share of the global batch, × processes (gradients are averaged).
+                (loss * mb.weight * acc.num_processes).backward()
+            rows += mb.rows
+            for key, v in {"loss": loss.item(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + v * mb.share
+        maybe_fault("accumulated", step)
+        grad_norm = dist.clip_grad_norm(self.trainable(), cfg.max_grad_norm)
+        if not health.finite(sums["loss"], grad_norm):
+            what = "loss" if not health.finite(sums["loss"]) else "gradient norm"
+            if health.nan(step + 1, rows, what, cfg.nan_policy):
+                self.opt.zero_grad(set_to_none=True)
+                return None
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        maybe_fault("after_step", step + 1)
+        metrics = {k: _mean_across(acc, v) for k, v in sums.items()}
+        metrics.update(grad_norm=grad_norm, lr=self.sched.get_last_lr()[0], step_time=time.perf_counter() - t0)
+        health.observe(step + 1, metrics["loss"], metrics.get("logps/chosen"))
+        return metrics
+
+    def _probe(self) -> None:
+        """One forward + backward on the longest micro-batch (an out-of-memory shows at once); changes nothing."""
+        from prefalign.train import memory
+
+        if self.acc.is_main_process:
+            self.log(memory.estimate(self.method.model, self.method, self.cfg))
+        msg = memory.probe(self)
+        if self.acc.is_main_process:
+            self.log(msg)
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict:
+        self.scorer.eval()
+        out = self.method.evaluate()
+        self.scorer.train()
+        return {f"eval/{k}": v for k, v in out.items()}
+
+    # --- checkpoints and the final save ------------------------------------------------------------------------
+    def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return list(self.method.named_trainable())
+
+    def _checkpoint(self, step: int) -> None:
+        # Every process takes part in gathering sharded tensors; the main process writes full (unsharded) tensors,
+        # so a checkpoint reads back under any sharding and any number of processes.
+        params = dist.full_tensors(self._named_trainable())
+        optim = dist.full_optimizer_state(self.opt)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            maybe_fault("before_checkpoint", step)
+            try:
+                ckpt.save_checkpoint(self.out / "checkpoints", params, optim, self.sched.state_dict(),
+                                     {"step": step, "objective": self.method.state()}, self.cfg.save_total_limit)
+            except OSError as e:
+                done = ckpt.list_checkpoints(self.out / "checkpoints")
+                kept = f"the previous checkpoint {done[-1].name} is intact" if done else "no earlier checkpoint"
+                raise UserError(str(self.out), f"writing the step-{step} checkpoint failed ({e.strerror or e})",
+                                f"free disk space and resume with --resume; {kept}") from None
+            maybe_fault("after_checkpoint", step)
+        self.acc.wait_for_everyone()
+
+    def _resume(self) -> int:
+        done = ckpt.list_checkpoints(self.out / "checkpoints")
+        if not done:
+            return 0
+        state = ckpt.load_checkpoint(done[-1], self._named_trainable(), self.opt, self.sched)
+        dist.reshard_optimizer_state(self.opt)
+        self.method.load_state(state.get("objective", {}))  # BCO's running δ
+        self.log(f"resuming from {done[-1]} (step {state['step']})")
+        return state["step"]
+
+    def _save_final(self, final: dict, health: HealthMonitor) -> None:
+        model = dist.full_model(self.method, self.sharding)  # collective under FSDP; the model itself otherwise
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            summary = {"steps": self.total_steps, "processes": self.acc.num_processes, "sharding": self.sharding,
+                       "method": self.method.name,
+                       **self.method.summary(), "nan_skipped": health.skipped, "warnings": sorted(health.warned),
+                       **final}
+            self.method.save_final(model, self.out)
+            tmp = self.out / (FINISHED_MARKER + ".tmp")
+            tmp.write_text(json.dumps(summary, indent=1))
+            os.replace(tmp, self.out / FINISHED_MARKER)
+        self.acc.wait_for_everyone()
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, step: int, sig: int, out: Path):
+        self.step, self.sig = step, sig
+        super().__init__(f"interrupted by signal {sig} after step {step}; checkpoint written to "
+                         f"{out / 'checkpoints' / f'step-{step}'}. Resume with the same command plus --resume")
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop reads between steps (a second SIGINT stops at once)."""
+
+    def __init__(self):
+        self.signal = 0
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): keep default handling
+                pass
+
+    def _handle(self, sig, frame):
+        if self.signal and sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = sig
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _mean_across(acc: Accelerator, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    return acc.gather(torch.tensor([value], device=acc.device)).mean().item()
