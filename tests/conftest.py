@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.deprecation_guard import no_deprecation_from_prefalign  # noqa: F401  (autouse: issue 17)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,7 +1,12 @@
-"""Loading a causal LM + tokenizer from a local folder (or a hub name when online), with optional LoRA."""
+"""Loading a causal LM + tokenizer from a local folder (or a hub name when online), with optional LoRA; the
+``auto`` dtype (``resolve_dtype``) and paths as users write them (``expand_path``)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -9,12 +14,108 @@ import torch
 from prefalign.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", "fp32", "bf16")  # what --dtype / dtype: accept
+
+# /proc/cpuinfo flags that mean the CPU multiplies bf16 in hardware (x86: AVX512-BF16, AMX; Arm: FEAT_BF16)
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def expand_path(p: str | os.PathLike | None) -> str | None:
+    """``~`` and ``$VARS`` / ``${VARS}`` expanded, as a shell would on the command line (None stays None).
+
+    Used for every path flag and path field, so ``model: ~/.cache/prefalign/smollm2-135m-instruct`` in a YAML
+    config means what it means on the command line. An unset variable is left as written (``$NOPE/x``).
+    """
+    if p is None:
+        return None
+    return os.path.expanduser(os.path.expandvars(os.fspath(p)))
+
+
+def _cpuinfo_text() -> str | None:
+    """The text of /proc/cpuinfo (None where there is none: macOS, Windows, sandboxes)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, Arm ``Features``); None if unreadable."""
+    text = _cpuinfo_text()
+    if text is None:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            return set(value.lower().split())
+    return None
+
+
+def _cpu_bf16() -> tuple[bool, str]:
+    """(native bf16 on this CPU?, why), from /proc/cpuinfo, else torch's reported CPU capability."""
+    flags = cpu_flags()
+    if flags is not None:
+        found = [f for f in _CPU_BF16_FLAGS if f in flags]
+        if found:
+            return True, f"this CPU computes bf16 natively: {', '.join(found)}"
+        return False, "this CPU has no native bf16: AVX512-BF16/AMX missing; bf16 would be emulated, several times slower"
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # an old torch without it
+        capability = "unknown"
+    if "BF16" in capability.upper() or "AMX" in capability.upper():
+        return True, f"this CPU computes bf16 natively: torch reports {capability}"
+    return False, (f"cannot tell whether this {platform.machine() or 'CPU'} computes bf16 natively (no /proc/cpuinfo; "
+                   f"torch reports {capability}); fp32 is never emulated")
+
+
+def resolve_dtype(name: str, device: str | torch.device | None = "cpu") -> tuple[str, str]:
+    """(``"fp32"`` or ``"bf16"``, a short sentence saying why) for a ``dtype`` setting on ``device``.
+
+    ``auto`` is bf16 where the device computes bf16 natively (CUDA with ``torch.cuda.is_bf16_supported()``;
+    a CPU with AVX512-BF16 or AMX, read from /proc/cpuinfo) and fp32 elsewhere: emulated bf16 runs several
+    times slower than fp32 (SmolLM2-135M decoding, 1 thread, AVX2-only EPYC: ×3.4). Explicit values pass through.
+    """
+    name = str(name).strip().lower()
+    if name in DTYPES:
+        return name, "set explicitly"
+    if name != "auto":
+        raise UserError("dtype", f"unknown dtype '{name}'", f"use one of {', '.join(DTYPE_CHOICES)}")
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return "fp32", "auto: fp32 (CUDA was asked for but is not available)"
+        gpu = torch.cuda.get_device_name(torch.device(device))
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: bf16 ({gpu} computes bf16 natively)"
+        return "fp32", f"auto: fp32 ({gpu} has no native bf16)"
+    if kind == "cpu":
+        native, why = _cpu_bf16()
+        return ("bf16", f"auto: bf16 ({why})") if native else ("fp32", f"auto: fp32 ({why})")
+    return "fp32", f"auto: fp32 (no native-bf16 check for {kind} devices; fp32 is the safe choice)"
+
+
+def dtype_line(name: str, device: str | torch.device | None = "cpu") -> tuple[str, str]:
+    """(resolved dtype, the line a command prints first): ``dtype auto: fp32 (this CPU has no native bf16: ...)``
+    or ``dtype bf16 (set explicitly)``."""
+    dtype, why = resolve_dtype(name, device)
+    return dtype, f"dtype {why}" if why.startswith("auto:") else f"dtype {dtype} ({why})"
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Silence deprecation warnings that libraries raise about their *own* calls into each other (PEFT reading
+    transformers' ``is_gradient_checkpointing``): a user did not cause them and cannot act on them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    _check_exists(path)
+    path = _check_exists(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many kinds; the user needs one line
@@ -26,9 +127,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_model(path: str, dtype: str = "fp32", trust_remote_code: bool = False):
+    """A causal LM on the CPU in ``dtype`` (fp32, bf16, or auto: see ``resolve_dtype``)."""
     from transformers import AutoModelForCausalLM
 
-    _check_exists(path)
+    path = _check_exists(path)
+    dtype = resolve_dtype(dtype, "cpu")[0]
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as e:
@@ -42,7 +145,8 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
 
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                      task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    with quiet_third_party():
+        return get_peft_model(model, cfg)
 
 
 def disable_dropout(model) -> None:
@@ -51,13 +155,25 @@ def disable_dropout(model) -> None:
             m.p = 0.0
 
 
-def _check_exists(path: str) -> None:
-    p = Path(path)
-    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") != 1
+def _check_exists(path: str) -> str:
+    """The expanded path (``expand_path``); UserError naming it when a local-looking folder is missing."""
     if not path:
         raise UserError("config", "no model given", "set model: <folder> or pass --model <folder>")
+    given, path = str(path), expand_path(path)
+    p = Path(path)
+    looks_local = given.startswith((".", "/", "~", "$")) or p.exists() or path.count("/") != 1
     if looks_local and not p.is_dir():
-        raise UserError(path, "model folder does not exist", "check the path given to --model")
+        raise UserError(path, "model folder does not exist" + missing_note(given, path),
+                        "check the path given to --model")
+    return path
+
+
+def missing_note(given: str, expanded: str) -> str:
+    """`` (given as ~/x)`` when expansion changed the path, plus a hint at a variable left unset."""
+    note = f" (given as {given})" if given != expanded else ""
+    if "$" in expanded:
+        note += "; an environment variable in it is not set"
+    return note
 
 
 def _first_line(e: Exception) -> str:
@@ -71,3 +187,19 @@ def enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_reward_in(spec, dtype: str = "auto", device: str = "cpu", batch_size: int = 16):
+    """``reward.load_reward(spec)``, with a reward-model folder's weights in ``dtype`` (auto, fp32, bf16) and
+    ``~`` / ``$VARS`` in a folder path expanded; other specs (vader, module:function, callables) as they are."""
+    from prefalign.reward import load_reward
+
+    if isinstance(spec, (str, os.PathLike)):
+        path = expand_path(str(spec).strip())
+        if Path(path).is_dir():
+            from prefalign.reward.model import ModelReward
+
+            return ModelReward(path, device=device, batch_size=batch_size,
+                               dtype=DTYPES[resolve_dtype(dtype, device)[0]])
+        spec = path
+    return load_reward(spec, device=device, batch_size=batch_size)

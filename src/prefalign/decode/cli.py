@@ -39,6 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--system", help="system message for every prompt")
     p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="weights' dtype (default auto: bf16 where the device computes it natively, else fp32)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -56,16 +58,22 @@ def parse_hparams(items: list[str]) -> dict:
 
 def run(args, rest) -> int:
     import json
+    import sys
 
     from prefalign.decode.run import run_decode
+    from prefalign.model import dtype_line, expand_path
     from prefalign.pairs.io import read_prompts, write_jsonl
 
+    for key in ("model", "ref_model", "prompts", "reward", "out"):
+        setattr(args, key, expand_path(getattr(args, key, None)))
+    dtype, line = dtype_line(getattr(args, "dtype", "auto"), "cpu")
+    print(line, file=sys.stderr, flush=True)
     hparams = parse_hparams(args.hparam)
     prompts = read_prompts(args.prompts)
     result = run_decode(args.method, args.model, prompts=prompts, reward=args.reward, ref_model=args.ref_model,
                         hparams=hparams, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_p=args.top_p, seed=args.seed, stop=args.stop, batch_size=args.batch_size,
-                        chat=False if args.no_chat else None, system=args.system, progress=True)
+                        chat=False if args.no_chat else None, system=args.system, progress=True, dtype=dtype)
     rows = [{k: v for k, v in r.items() if k != "token_ids"} for r in result.rows(prompts)]
     if args.out:
         write_jsonl(args.out, rows)

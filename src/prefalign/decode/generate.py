@@ -116,8 +116,38 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def cache_kwarg(model) -> str:
+    """The ``forward`` keyword that takes a KV cache: ``cache`` in transformers 5 (where ``past_key_values`` is
+    deprecated), ``past_key_values`` before. A PEFT model is asked about the model it wraps."""
+    import inspect
+
+    import transformers
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+
+
+def new_cache(model):
+    """An empty ``DynamicCache`` for ``model`` (built from its config, so sliding-window layers get theirs);
+    the forward passes fill it in place."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    try:
+        return DynamicCache(config=config) if config is not None else DynamicCache()
+    except TypeError:  # transformers before DynamicCache(config=...)
+        return DynamicCache()
+
+
 class Stream:
-    """One model reading one batch of left-padded contexts, with its own KV cache.
+    """One model reading one batch of left-padded contexts, with its own KV cache (a ``DynamicCache``).
 
     ``context`` wraps every forward pass; DeRa passes a PEFT model's ``disable_adapter`` to read the
     reference through the same weights while keeping a separate cache.
@@ -127,21 +157,25 @@ class Stream:
                  context: Callable[[], contextlib.AbstractContextManager] | None = None):
         self.model, self.context = model, context or contextlib.nullcontext
         self.input_ids, self.mask = input_ids, attention_mask  # [B, T] each
-        self.past = None
+        self.cache = new_cache(model)
+        self.cache_kw = cache_kwarg(model)
         self.keep_last = True
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         kw = {"logits_to_keep": 1} if self.keep_last else {}  # skip [B, T, V] logits at prefill
+        kw[self.cache_kw] = self.cache
         with self.context():
             try:
-                out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                                 past_key_values=self.past, use_cache=True, **kw)
+                out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
+                                 **kw)
             except TypeError as e:  # an older architecture without logits_to_keep
                 if "logits_to_keep" not in str(e):
                     raise
                 self.keep_last = False
                 return self._forward(ids, positions)
-        self.past = out.past_key_values
+        returned = out.get(self.cache_kw)  # the same object, filled in place; a legacy model may return a new one
+        if returned is not None:
+            self.cache = returned
         return out.logits[:, -1, :].float()  # [B, V]
 
     @torch.no_grad()

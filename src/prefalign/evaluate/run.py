@@ -148,22 +148,26 @@ def load_policy_and_reference(model_path: str, reference_path: str | None = None
     An adapter folder (``adapter_config.json``) loads onto its base model; its reference is that base with the
     adapter disabled unless ``reference_path`` names another model. A full model needs ``reference_path``,
     unless ``self_reference`` (decoding methods steering the model are compared with the model itself).
+    ``dtype``: auto, fp32 or bf16 (``prefalign.model.resolve_dtype``); ``~`` and ``$VARS`` in paths are expanded.
     """
-    from prefalign.model import load_model, load_tokenizer
+    from prefalign.model import expand_path, load_model, load_tokenizer, missing_note, quiet_third_party
 
+    given, model_path, reference_path = str(model_path), expand_path(model_path), expand_path(reference_path)
     path = Path(model_path)
     if not path.is_dir():
-        raise UserError(str(model_path), "model folder does not exist", "check the path given to --model")
+        raise UserError(str(model_path), "model folder does not exist" + missing_note(given, model_path),
+                        "check the path given to --model")
     adapter_cfg = path / "adapter_config.json"
     tok_dir = str(path) if (path / "tokenizer_config.json").exists() else None
     if adapter_cfg.exists():
         from peft import PeftModel
 
-        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        base = expand_path(json.loads(adapter_cfg.read_text()).get("base_model_name_or_path"))
         if not base or not Path(base).is_dir():
             raise UserError(str(model_path), f"the adapter's base model '{base}' is not a local folder",
                             "check base_model_name_or_path in adapter_config.json")
-        policy = PeftModel.from_pretrained(load_model(base, dtype), str(path)).eval()
+        with quiet_third_party():
+            policy = PeftModel.from_pretrained(load_model(base, dtype), str(path)).eval()
         tokenizer = load_tokenizer(tok_dir or base)
         if reference_path:
             return policy, load_model(reference_path, dtype).eval(), None, tokenizer, base
