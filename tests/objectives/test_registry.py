@@ -155,6 +155,8 @@ def test_every_objective_is_in_the_docs_table():
     doc = Path(__file__).resolve().parents[2] / "docs" / "objectives.md"
     text = doc.read_text()
     for name in O.names():
+        if O.get_class(name).__module__.startswith("tests."):  # registered by a test (the extension seam)
+            continue
         assert f"| `{name}` |" in text, f"docs/objectives.md has no row for {name}"
 
 
