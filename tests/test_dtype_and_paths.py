@@ -190,6 +190,6 @@ def test_demo_first_lines_say_the_dtype_and_why_and_estimate_the_time(monkeypatc
     assert lines[0] == ("dtype auto: fp32 (this CPU has no native bf16: AVX512-BF16/AMX missing; bf16 would be "
                         "emulated, several times slower)")
     assert lines[1].startswith("demo: ") and lines[1].endswith("fp32, 1 threads")
-    assert lines[2].startswith("estimate: ~") and "s/step" in lines[2]
+    assert lines[2].startswith("estimate: ~") and "s per token" in lines[2]
     assert (tmp_path / "demo" / "report.md").is_file()  # out: ~/demo
     assert (m["demo"]["dtype"], m["demo"]["dtype_setting"]) == ("fp32", "auto")

@@ -262,8 +262,8 @@ def token_loop(streams: list[Stream], logits_fn: LogitsFn, opts: GenOptions, eos
         done = done | torch.isin(tokens, eos_t)
         if stop_fn is not None:
             done = done | stop_fn(generated)
-        if bool(done.all()):
-            break
+        if bool(done.all()) or t + 1 == opts.max_new_tokens:
+            break  # (no forward pass for logits nobody reads)
         logits = [s.step(tokens) for s in streams]
     return generated
 

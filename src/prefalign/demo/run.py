@@ -230,20 +230,24 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
 
 
 def estimate_line(model, tokenizer, cfg: DemoConfig, train_prompts: list[str], n_eval: int, opts) -> str:
-    """A rough wall time for the whole demo on this machine, from a short timing: a few decode steps of one full
-    sampling batch, and one forward pass over a training step's rows (a step ≈ 4 such passes: the policy's forward
-    and backward, the reference's forward). Greedy, so the probe draws nothing from the seeded generators."""
+    """A rough wall time for the whole demo on this machine, from a short timing: the prefill and a few greedy decode
+    steps of one full sampling batch, and one forward pass over a training step's rows (a step ≈ 4 such passes: the
+    policy's forward and backward, the reference's forward). Greedy, so the probe draws nothing from the seeded
+    generators; an upper bound for sampling, where rows that emit EOS end early."""
     import math
 
-    from prefalign.decode.generate import Stream, encode_prompts, pad_id, token_loop
+    from prefalign.decode.generate import Stream, encode_prompts, pad_id
 
     probe = 4
     rows = [train_prompts[i % len(train_prompts)] for i in range(cfg.sample_batch_size)]
     ids, mask = encode_prompts(tokenizer, rows, opts, device=next(model.parameters()).device)
+    stream = Stream(model, ids, mask)
     t = time.perf_counter()
-    token_loop([Stream(model, ids, mask)], lambda state: state.logits[0],
-               dataclasses.replace(opts, max_new_tokens=probe, temperature=0.0), eos=[], pad=pad_id(tokenizer))
-    step = (time.perf_counter() - t) / probe  # s per decode step of a full batch (its prefill spread over the steps)
+    tokens = stream.prefill().argmax(-1)
+    prefill = time.perf_counter() - t
+    for _ in range(probe):
+        tokens = stream.step(tokens).argmax(-1)
+    step = (time.perf_counter() - t - prefill) / probe  # s per decode step of a full batch
     seq = torch.full((2 * cfg.batch_size, ids.shape[1] + cfg.max_new_tokens), pad_id(tokenizer), device=ids.device)
     t = time.perf_counter()
     with torch.no_grad():
@@ -258,7 +262,7 @@ def estimate_line(model, tokenizer, cfg: DemoConfig, train_prompts: list[str], n
     decoded += n_betas * batches(cfg.n_policy * n_eval)
     if cfg.decoding:  # DeRa ×2 and Linear Alignment read two streams each, ARGS ×2 one stream plus its reward calls
         decoded += 8 * batches(cfg.n_policy * n_eval)
-    sampling = decoded * cfg.max_new_tokens * step
+    sampling = decoded * (prefill + cfg.max_new_tokens * step)
     training = n_betas * (_steps(cfg, len(train_prompts)) + 1) * 4 * forward  # + 1: the memory probe's step
     total = sampling + training
 
@@ -266,8 +270,8 @@ def estimate_line(model, tokenizer, cfg: DemoConfig, train_prompts: list[str], n
         return f"{sec / 60:.0f} min" if sec >= 90 else f"{sec:.0f} s"
 
     return (f"estimate: ~{fmt(total)} on this machine (sampling ~{fmt(sampling)}, training ~{fmt(training)}), from "
-            f"{probe} decode steps of a {cfg.sample_batch_size}-row batch ({step:.2f} s/step) and one "
-            f"{seq.shape[0]}-row forward pass ({forward:.2f} s)")
+            f"timing one {cfg.sample_batch_size}-row sampling batch (prefill {prefill:.2f} s, {step:.2f} s per token) "
+            f"and one {seq.shape[0]}-row forward pass ({forward:.2f} s)")
 
 
 def _decoding_runs(methods, model, tokenizer, prompts, reward, ecfg, ref, ref_context, suffix: str) -> list[dict]:
