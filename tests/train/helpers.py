@@ -28,7 +28,7 @@ def write_pairs(path: Path, n: int = 24, chat: bool = False) -> Path:
 
 
 def config(model_dir, data, out, **kw) -> TrainConfig:
-    base = dict(model=str(model_dir), data=str(data), output_dir=str(out), learning_rate=1e-3, batch_size=4,
+    base = dict(model=str(model_dir), data=str(data), output_dir=str(out), dtype="fp32", learning_rate=1e-3, batch_size=4,
                 max_steps=3, report_to=[], progress=False, seed=0, lr_scheduler="constant")
     base.update(kw)
     return TrainConfig(**base)

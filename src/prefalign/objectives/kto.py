@@ -17,6 +17,8 @@ the micro-batch's.
 
 Needs a reference model; summed log-probs; unpaired rows (prompt, completion, label). Defaults (TRL's): β = 0.1,
 desirable_weight = undesirable_weight = 1.0, kl_estimate = "mismatched". Value at policy = reference: ½·λ per row.
+With one row per micro-batch (``batch_size: 1``) the KL estimate comes from the row itself and equals its implied
+reward, so ``prefalign train`` refuses it unless ``kl_estimate: none`` (``batch_size_problem``; TRL refuses it too).
 The desirable/undesirable ratio should satisfy Eq. 8 of the paper (λ_D·n_D/(λ_U·n_U) ∈ [1, 4/3]); TRL warns,
 here it is up to the user.
 """
@@ -55,6 +57,18 @@ class KTO(PointObjective):
             raise ValueError(f"kl_estimate must be one of {KL_ESTIMATES}, got '{self.kl_estimate}'")
         if self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError("desirable_weight and undesirable_weight must be >= 0")
+
+    def batch_size_problem(self, batch_size: int) -> tuple[str, str] | None:
+        """(what, what to do) when ``batch_size`` rows per micro-batch cannot work, else None. With one row the
+        KL estimate z₀ comes from that row itself, so it equals the row's implied reward (h) and the loss compares
+        h with itself; TRL's KTOTrainer refuses this too."""
+        if batch_size >= 2 or self.kl_estimate == "none":
+            return None
+        return (f"objective 'kto' with batch_size 1: its KL reference point z0 (kl_estimate '{self.kl_estimate}') "
+                "is then computed from the row itself, so it equals the row's implied reward and the loss compares "
+                "that reward with itself (TRL refuses this too)",
+                "use batch_size >= 2 (gradient_accumulation_steps keeps the global batch), or objective_args: "
+                "{kto: {kl_estimate: none}}")
 
     def reference_point(self, lp: PointLogps, h: torch.Tensor) -> torch.Tensor:
         """z₀, a detached scalar ≥ 0."""

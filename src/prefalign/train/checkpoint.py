@@ -2,7 +2,9 @@
 
 A checkpoint folder ``checkpoints/step-N`` holds the trainable parameters (safetensors), optimizer and scheduler
 state (``torch.save``, read back with ``weights_only=True``), RNG states and ``state.json``. It is written under
-``step-N.tmp`` and renamed when complete, so a run killed mid-write never leaves a folder that looks finished.
+``step-N.tmp`` and renamed when complete, so a run killed mid-write never leaves a folder that looks finished. A
+write stopped by an exception (a full disk, a second Ctrl-C during the interrupt checkpoint) removes its ``.tmp``;
+one left by ``kill -9`` is removed when the run resumes (``remove_partial``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: di
     tmp.mkdir(parents=True)
     try:
         _write(tmp, params, optimizer, scheduler, state)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder behind
+    except BaseException:  # OSError, KeyboardInterrupt (a second SIGINT), …: never leave a half-written folder
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -49,6 +51,14 @@ def _write(tmp: Path, params: dict, optimizer: dict, scheduler: dict, state: dic
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _fsync_dir(tmp)
+
+
+def remove_partial(folder: Path) -> list[Path]:
+    """Remove half-written ``step-N.tmp`` folders (a run killed while writing one); returns what was removed."""
+    gone = [p for p in folder.glob("step-*.tmp")] if folder.is_dir() else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,10 +32,38 @@ GROUPS = {
 }
 
 
-def _m(group: str, help: str, choices: tuple | None = None) -> dict:
-    """A field's metadata: its one-line help, its --help group and (optionally) its allowed values."""
+def _m(group: str, help: str, choices: tuple | None = None, range: str | None = None,
+       items: tuple | None = None) -> dict:
+    """A field's metadata: its one-line help, its --help group and (optionally) its allowed values (``choices``),
+    its numeric range (``range``: ``">= 0"``, ``"> 0"``, ``"[0, 1)"``, …; for a list, of every item) and the
+    allowed values of a list's items (``items``). ``check`` enforces all of them, in one place."""
     assert group in GROUPS, group
-    return {"help": help, "group": group, **({"choices": choices} if choices else {})}
+    assert range is None or _parse_range(range), range
+    extra = {"choices": choices, "range": range, "items": items}
+    return {"help": help, "group": group, **{k: v for k, v in extra.items() if v}}
+
+
+def _parse_range(rule: str) -> tuple[float, float, bool, bool]:
+    """``">= a"`` / ``"> a"`` / ``"<= b"`` / ``"[a, b)"`` … → (low, high, low included, high included)."""
+    rule = rule.strip()
+    for op in (">=", ">", "<=", "<"):
+        if rule.startswith(op):
+            x = float(rule[len(op):])
+            return (x, math.inf, op == ">=", False) if op[0] == ">" else (-math.inf, x, False, op == "<=")
+    lo, hi = rule[1:-1].split(",")
+    return float(lo), float(hi), rule[0] == "[", rule[-1] == "]"
+
+
+def in_range(value: float, rule: str) -> bool:
+    lo, hi, lo_in, hi_in = _parse_range(rule)
+    return (lo < value or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
+
+
+# ``report_to`` backends MetricsLogger knows.
+REPORT_BACKENDS = ("tensorboard", "wandb")
+
+# Path fields: ``~`` and ``$VARS`` are expanded in them (YAML has no shell to do it), wherever the config comes from.
+PATH_FIELDS = ("model", "tokenizer", "data", "eval_data", "reference_cache_dir", "output_dir")
 
 
 @dataclass
@@ -46,17 +75,21 @@ class TrainConfig:
         "model", "tokenizer folder or name; null: the model's"))
     trust_remote_code: bool = field(default=False, metadata=_m(
         "model", "run the model folder's own Python code; only when you trust it"))
-    dtype: str = field(default="fp32", metadata=_m(
-        "model", "weights' dtype: fp32 or bf16", ("fp32", "bf16")))
+    dtype: str = field(default="auto", metadata=_m(
+        "model", "weights' dtype: auto (bf16 where the device computes it natively — CUDA with bf16, CPUs with "
+        "AVX512-BF16 or AMX — fp32 elsewhere; the run's first lines say which and why), fp32 or bf16",
+        ("auto", "fp32", "bf16")))
     # --- data --------------------------------------------------------------------------------------------------
     data: str = field(default="", metadata=_m(
         "data", "training rows: a .jsonl / .json / .parquet / .csv file or a save_to_disk folder"))
     eval_data: str | None = field(default=None, metadata=_m(
         "data", "separate eval rows (same formats); null: hold out eval_fraction of data"))
     eval_fraction: float = field(default=0.0, metadata=_m(
-        "data", "fraction of data held out for eval when eval_data is null, in [0, 1); 0: no eval"))
+        "data", "fraction of data held out for eval when eval_data is null, in [0, 1); 0: no eval",
+        range="[0, 1)"))
     max_length: int | None = field(default=1024, metadata=_m(
-        "data", "most prompt + completion tokens per sequence (>= 2), longer ones truncated; null: no limit"))
+        "data", "most prompt + completion tokens per sequence (>= 2), longer ones truncated; null: no limit",
+        range=">= 2"))
     truncation: str = field(default="keep_start", metadata=_m(
         "data", "over-long sequences: keep_start (cut completions' ends) or keep_end (cut the prompt's start)",
         ("keep_start", "keep_end")))
@@ -71,9 +104,10 @@ class TrainConfig:
         "objective", "objective name (`prefalign objectives` lists them), or a list of names summed with "
         "objective_weights"))
     objective_weights: list | None = field(default=None, metadata=_m(
-        "objective", "one weight per objective of a list; null: 1.0 each"))
+        "objective", "one weight per objective of a list (each >= 0); null: 1.0 each", range=">= 0"))
     beta: float = field(default=0.1, metadata=_m(
-        "objective", "β (> 0) of every objective that has one (strength of the pull towards the reference)"))
+        "objective", "β (> 0) of every objective that has one (strength of the pull towards the reference)",
+        range="> 0"))
     objective_args: dict = field(default_factory=dict, metadata=_m(
         "objective", "other hyperparameters: {name: value}, or per objective {objective: {name: value}}"))
     # --- SFT ---------------------------------------------------------------------------------------------------
@@ -90,52 +124,57 @@ class TrainConfig:
     lora: bool = field(default=False, metadata=_m(
         "lora", "train a LoRA adapter (PEFT) instead of every weight"))
     lora_r: int = field(default=16, metadata=_m(
-        "lora", "LoRA rank (>= 1)"))
+        "lora", "LoRA rank (>= 1)", range=">= 1"))
     lora_alpha: int = field(default=32, metadata=_m(
-        "lora", "LoRA alpha: the update is scaled by lora_alpha / lora_r"))
+        "lora", "LoRA alpha (> 0): the update is scaled by lora_alpha / lora_r", range="> 0"))
     lora_dropout: float = field(default=0.0, metadata=_m(
-        "lora", "dropout probability on the LoRA input, in [0, 1)"))
+        "lora", "dropout probability on the LoRA input, in [0, 1)", range="[0, 1)"))
     lora_target_modules: str | list = field(default="all-linear", metadata=_m(
         "lora", "modules that get an adapter: a list of module names, or all-linear (every linear but the LM head)"))
     merge_lora: bool = field(default=False, metadata=_m(
         "lora", "also save the model with the adapter merged in, under <output_dir>/merged"))
     # --- optimisation ------------------------------------------------------------------------------------------
     learning_rate: float = field(default=1e-6, metadata=_m(
-        "optimisation", "peak AdamW learning rate (>= 0); the default is TRL's DPO default"))
+        "optimisation", "peak AdamW learning rate (>= 0); the default is TRL's DPO default", range=">= 0"))
     lr_scheduler: str = field(default="linear", metadata=_m(
         "optimisation", "learning-rate schedule after warmup: linear (decay to 0), cosine or constant",
         ("linear", "cosine", "constant")))
     warmup_steps: int = field(default=0, metadata=_m(
-        "optimisation", "optimizer steps of linear warmup from 0; 0: use warmup_ratio"))
+        "optimisation", "optimizer steps of linear warmup from 0 (>= 0); 0: use warmup_ratio", range=">= 0"))
     warmup_ratio: float = field(default=0.0, metadata=_m(
-        "optimisation", "warmup as a fraction of all optimizer steps, in [0, 1] (when warmup_steps is 0)"))
+        "optimisation", "warmup as a fraction of all optimizer steps, in [0, 1] (when warmup_steps is 0)",
+        range="[0, 1]"))
     weight_decay: float = field(default=0.0, metadata=_m(
-        "optimisation", "AdamW decoupled weight decay"))
+        "optimisation", "AdamW decoupled weight decay (>= 0); as in Hugging Face's Trainer, not applied to biases "
+        "and norm weights", range=">= 0"))
     adam_beta1: float = field(default=0.9, metadata=_m(
-        "optimisation", "AdamW β1 (first-moment decay)"))
+        "optimisation", "AdamW β1 (first-moment decay), in [0, 1)", range="[0, 1)"))
     adam_beta2: float = field(default=0.999, metadata=_m(
-        "optimisation", "AdamW β2 (second-moment decay)"))
+        "optimisation", "AdamW β2 (second-moment decay), in [0, 1)", range="[0, 1)"))
     adam_epsilon: float = field(default=1e-8, metadata=_m(
-        "optimisation", "AdamW ε added to the denominator"))
+        "optimisation", "AdamW ε added to the denominator (>= 0)", range=">= 0"))
     max_grad_norm: float = field(default=1.0, metadata=_m(
-        "optimisation", "clip the global gradient L2 norm to this; 0: no clipping"))
+        "optimisation", "clip the global gradient L2 norm to this (>= 0); 0: no clipping", range=">= 0"))
     batch_size: int = field(default=4, metadata=_m(
-        "optimisation", "rows (pairs) per process per micro-batch (>= 1)"))
+        "optimisation", "rows (pairs) per process per micro-batch (>= 1)", range=">= 1"))
     gradient_accumulation_steps: int = field(default=1, metadata=_m(
-        "optimisation", "micro-batches per optimizer step (>= 1); global batch = batch_size × this × processes"))
+        "optimisation", "micro-batches per optimizer step (>= 1); global batch = batch_size × this × processes",
+        range=">= 1"))
     num_epochs: float = field(default=1.0, metadata=_m(
-        "optimisation", "passes over the training rows (may be fractional); ignored when max_steps > 0"))
+        "optimisation", "passes over the training rows (> 0, may be fractional); ignored when max_steps > 0",
+        range="> 0"))
     max_steps: int = field(default=-1, metadata=_m(
         "optimisation", "optimizer steps to run; > 0 overrides num_epochs, <= 0: from num_epochs"))
     seed: int = field(default=42, metadata=_m(
-        "optimisation", "seed for initialisation, the eval split and the data order"))
+        "optimisation", "seed for initialisation, the eval split and the data order (>= 0)", range=">= 0"))
     shuffle: bool = field(default=True, metadata=_m(
         "optimisation", "shuffle rows each epoch; false: file order (e.g. to compare step by step with another "
         "trainer)"))
     disable_dropout: bool = field(default=True, metadata=_m(
         "optimisation", "set every dropout to 0, as TRL does (dropout makes policy ≠ reference at step 0)"))
     log_prob_chunk_size: int = field(default=1024, metadata=_m(
-        "optimisation", "completion positions per LM-head chunk when computing log-probs (>= 1); lower: less memory"))
+        "optimisation", "completion positions per LM-head chunk when computing log-probs (>= 1); lower: less memory",
+        range=">= 1"))
     layout: str = field(default="shared_prefix", metadata=_m(
         "optimisation", "shared_prefix: each pair's prompt computed once; separate: prompt+chosen and "
         "prompt+rejected as two sequences", ("separate", "shared_prefix")))
@@ -160,20 +199,33 @@ class TrainConfig:
     resume: bool = field(default=False, metadata=_m(
         "output", "continue from output_dir's last checkpoint (the result-changing config must match)"))
     save_steps: int = field(default=0, metadata=_m(
-        "output", "checkpoint every N optimizer steps; 0: none until the end"))
+        "output", "checkpoint every N optimizer steps (>= 0); 0: none until the end", range=">= 0"))
     save_total_limit: int = field(default=2, metadata=_m(
-        "output", "checkpoints kept (the oldest are deleted)"))
+        "output", "checkpoints kept (the oldest are deleted; >= 0); 0: all", range=">= 0"))
     logging_steps: int = field(default=1, metadata=_m(
-        "output", "log metrics every N optimizer steps (and always the first)"))
+        "output", "log metrics every N optimizer steps (>= 1; and always the first)", range=">= 1"))
     eval_steps: int = field(default=0, metadata=_m(
-        "output", "evaluate every N optimizer steps; 0: at the end only (when there is eval data)"))
+        "output", "evaluate every N optimizer steps (>= 0); 0: at the end only (needs eval data)", range=">= 0"))
     report_to: list = field(default_factory=lambda: ["tensorboard"], metadata=_m(
-        "output", "metric loggers besides metrics.jsonl: a list of tensorboard, wandb; [] for none"))
+        "output", "metric loggers besides metrics.jsonl: a list of tensorboard, wandb; [] for none",
+        items=REPORT_BACKENDS))
     nan_policy: str = field(default="stop", metadata=_m(
         "output", "on NaN/inf loss or gradients: stop (exit 3, last checkpoint kept) or skip the batch",
         ("stop", "skip")))
     progress: bool = field(default=True, metadata=_m(
         "output", "show a progress bar"))
+
+    def __post_init__(self) -> None:
+        _expand_paths(self)
+
+
+def _expand_paths(cfg: TrainConfig) -> None:
+    from prefalign.model import expand_path
+
+    for name in PATH_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, str) and value:
+            object.__setattr__(cfg, name, expand_path(value))
 
 
 def _metadata() -> dict[str, Any]:
@@ -231,7 +283,6 @@ def _type_name(tp: Any) -> str:
 
 def from_dict(values: dict, where: str = "config") -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
-    meta = _metadata()
     values = dict(values)
     for key, value in values.items():
         if key not in hints:
@@ -241,30 +292,90 @@ def from_dict(values: dict, where: str = "config") -> TrainConfig:
         if not _type_ok(value, hints[key]):
             raise UserError(where, f"'{key}' must be {_type_name(hints[key])}, got {value!r}",
                             "fix the value")
-        choices = meta[key].get("choices")
-        if choices and value not in choices:
-            raise UserError(where, f"'{key}' must be one of {', '.join(choices)}, got {value!r}",
-                            "fix the value")
     cfg = TrainConfig(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
-    _check_ranges(cfg, where)
+    check(cfg, where)
     return cfg
 
 
-def _check_ranges(cfg: TrainConfig, where: str) -> None:
-    checks = [
-        ("learning_rate", cfg.learning_rate >= 0, ">= 0"),
-        ("beta", cfg.beta > 0, "> 0"),
-        ("batch_size", cfg.batch_size >= 1, ">= 1"),
-        ("gradient_accumulation_steps", cfg.gradient_accumulation_steps >= 1, ">= 1"),
-        ("eval_fraction", 0 <= cfg.eval_fraction < 1, "in [0, 1)"),
-        ("max_length", cfg.max_length is None or cfg.max_length >= 2, ">= 2 or null"),
-        ("warmup_ratio", 0 <= cfg.warmup_ratio <= 1, "in [0, 1]"),
-        ("lora_r", cfg.lora_r >= 1, ">= 1"),
-        ("log_prob_chunk_size", cfg.log_prob_chunk_size >= 1, ">= 1"),
-    ]
-    for name, ok, rule in checks:
-        if not ok:
-            raise UserError(where, f"'{name}' must be {rule}, got {getattr(cfg, name)!r}", "fix the value")
+@dataclass(frozen=True)
+class Conflict:
+    """Options that make no sense together: ``fields`` (named in the error), when it happens, what to do."""
+
+    fields: tuple[str, ...]
+    when: typing.Callable[[TrainConfig], bool]
+    what: str
+    todo: str
+
+
+def _flat_beta(cfg: TrainConfig) -> bool:
+    return "beta" in cfg.objective_args
+
+
+def _has_eval(cfg: TrainConfig) -> bool:
+    return bool(cfg.eval_data) or cfg.eval_fraction > 0
+
+
+# Every conflict between options, declared once; ``check`` reports the first that holds. (Conflicts that need the
+# model or the objective — LoRA target modules matching nothing, objectives over different row kinds, kto with
+# batch_size 1, reference kinds — are checked where those are built: train/method.py, train/setup.py.)
+CONFLICTS: tuple[Conflict, ...] = (
+    Conflict(("merge_lora", "lora"), lambda c: c.merge_lora and not c.lora,
+             "merge_lora is set but lora is not (there is no adapter to merge)",
+             "set lora: true, or drop merge_lora"),
+    Conflict(("eval_data", "eval_fraction"), lambda c: bool(c.eval_data) and c.eval_fraction > 0,
+             "eval_data and eval_fraction are both set", "give one: eval_data (separate rows) or eval_fraction "
+             "(held out of data)"),
+    Conflict(("warmup_steps", "warmup_ratio"), lambda c: c.warmup_steps > 0 and c.warmup_ratio > 0,
+             "warmup_steps and warmup_ratio are both set", "give one of them"),
+    Conflict(("eval_steps",), lambda c: c.eval_steps > 0 and not _has_eval(c),
+             "eval_steps is set but there is no eval data", "set eval_data or eval_fraction, or drop eval_steps"),
+    Conflict(("beta", "objective_args"), lambda c: _flat_beta(c),
+             "beta is given twice: as the beta field and in objective_args", "set it with beta: X (a different β "
+             "for one objective of a list: objective_args: {name: {beta: X}})"),
+)
+
+
+def _problem(name: str, value: Any, meta: dict, hint: Any) -> str | None:
+    """What is wrong with one field's value against its metadata (choices, items, range, finiteness), or None."""
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])}, got {value!r}"
+    if meta.get("items") and isinstance(value, list):
+        for v in value:
+            if v not in meta["items"]:
+                return f"names '{v}', which is not one of {', '.join(meta['items'])}"
+    numbers = value if isinstance(value, list) else [value]
+    for v in numbers:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            if isinstance(value, list) and meta.get("range"):
+                return f"must be a list of numbers, got {value!r}"
+            continue
+        if not math.isfinite(v):
+            return f"must be a finite number, got {value!r}"
+        rule = meta.get("range")
+        if rule and not in_range(v, rule):
+            rule = f"in {rule}" if rule[0] in "[(" else rule
+            suffix = " or null" if _accepts_none(hint) else ""
+            if isinstance(value, list):
+                return f"items must each be {rule}, got {value!r}"
+            return f"must be {rule}{suffix}, got {value!r}"
+    return None
+
+
+def _accepts_none(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def check(cfg: TrainConfig, where: str = "config") -> None:
+    """THE check of a config's values: every field against its metadata (choices, list items, range; floats
+    finite), then every declared conflict. Raises a one-line ``UserError``."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        problem = _problem(f.name, getattr(cfg, f.name), f.metadata, hints[f.name])
+        if problem:
+            raise UserError(where, f"'{f.name}' {problem}", "fix the value")
+    for c in CONFLICTS:
+        if c.when(cfg):
+            raise UserError(where, f"{c.what} ({', '.join(c.fields)})", c.todo)
 
 
 def _type_label(tp: Any, choices: tuple | None) -> str:
@@ -285,14 +396,15 @@ def _yaml_value(value: Any) -> str:
 
 
 def describe_fields() -> list[dict]:
-    """Every field as {name, group, type, default, help, choices}, in declaration order."""
+    """Every field as {name, group, type, default, help, choices, range}, in declaration order."""
     hints = typing.get_type_hints(TrainConfig)
     out = []
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         choices = f.metadata.get("choices")
         out.append({"name": f.name, "group": f.metadata["group"], "type": _type_label(hints[f.name], choices),
-                    "default": _yaml_value(default), "help": f.metadata["help"], "choices": choices})
+                    "default": _yaml_value(default), "help": f.metadata["help"], "choices": choices,
+                    "range": f.metadata.get("range")})
     return out
 
 
@@ -323,12 +435,43 @@ def help_text(width: int = 100, help_column: int = 34) -> str:
     return "\n".join(lines[1:])
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # unhashable key: let PyYAML report it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicated keys, naming the key and its lines."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        lines = f"line {e.line}" if e.first == e.line else f"line {e.first} and line {e.line}"
+        raise UserError(where, f"key '{e.key}' is given twice ({lines})",
+                        "keep one of them") from None
+
+
 def load_yaml(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(path, "config file not found", "check the path given to --config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = safe_load(p.read_text(encoding="utf-8"), path) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(path, f"not valid YAML ({str(e).splitlines()[0]})", "fix the file") from None
     if not isinstance(data, dict):
@@ -355,7 +498,7 @@ def parse_overrides(args: list[str]) -> dict:
             else:
                 val = "true"
         try:
-            out[key] = yaml.safe_load(val) if val != "" else ""
+            out[key] = safe_load(val, f"--{key}") if val != "" else ""
         except yaml.YAMLError:
             out[key] = val
         if isinstance(out[key], (int, float)) and typing.get_type_hints(TrainConfig)[key] is str:

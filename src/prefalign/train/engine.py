@@ -14,6 +14,8 @@ and their loss, evaluation, running state, what to save. The engine does everyth
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -26,13 +28,14 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from prefalign.errors import UserError
+from prefalign.model import dtype_line
 from prefalign.train import checkpoint as ckpt
 from prefalign.train import distributed as dist
-from prefalign.train.config import TrainConfig, save, to_dict
+from prefalign.train.config import TrainConfig, check, save, to_dict
 from prefalign.train.faults import maybe_fault, nan_at
 from prefalign.train.health import HealthMonitor
 from prefalign.train.logger import MetricsLogger
-from prefalign.train.setup import FINISHED_MARKER, check_output_dir, fresh_output_dir
+from prefalign.train.setup import FINISHED_MARKER, OutputLock, check_output_dir, fresh_output_dir
 
 
 def stream_indices(step: int, global_batch: int, n: int, seed: int, shuffle: bool = True) -> list[int]:
@@ -52,9 +55,19 @@ class Engine:
     """Builds the method's models, wraps them for the process group, and runs ``train()``."""
 
     def __init__(self, cfg: TrainConfig, method, accelerator: Accelerator | None = None, log=print):
-        self.cfg, self.method, self.log = cfg, method, log
+        self.method, self.log = method, log
         # cpu=True on a machine without CUDA: accelerate then forms a gloo group when launched with several processes.
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        # ``dtype: auto`` resolved once for this device, first thing said; the resolved value is what the run uses,
+        # saves in config.yaml and compares on --resume.
+        dtype, line = dtype_line(cfg.dtype, self.acc.device)
+        if self.acc.is_main_process:
+            log(line)
+        self.cfg = cfg = dataclasses.replace(cfg, dtype=dtype) if dtype != cfg.dtype else cfg
+        method.cfg = cfg
+        check(cfg)  # ranges and conflicts (already checked for a config read by the CLI; here for API callers)
+        if self.acc.is_main_process:  # another run in output_dir: said first, before any data or model is read
+            OutputLock(Path(cfg.output_dir)).probe()
         self.out = check_output_dir(cfg)
         method.setup(self)  # data first (every bad row before any model), then the model(s)
         self.global_batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
@@ -86,6 +99,36 @@ class Engine:
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def train(self) -> Path:
+        with self._locked_output():
+            return self._train()
+
+    @contextlib.contextmanager
+    def _locked_output(self):
+        """The output folder locked for the whole run (main process), then checked again under the lock (another
+        run may have finished there meanwhile) and cleared of half-written checkpoints (``step-N.tmp``)."""
+        lock, error = None, None
+        if self.acc.is_main_process:
+            lock = OutputLock(self.out)
+            try:
+                lock.acquire()
+                check_output_dir(self.cfg, inputs=False)
+                ckpt.remove_partial(self.out / "checkpoints")
+            except UserError as e:
+                lock.release()
+                error = (e.where, e.what, e.todo)
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            error = broadcast_object_list([error])[0]
+        if error:
+            raise UserError(*error)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> Path:
         cfg, acc = self.cfg, self.acc
         start = self._resume() if cfg.resume else 0
         if acc.is_main_process:
@@ -132,6 +175,7 @@ class Engine:
         idx = stream_indices(step, self.global_batch, method.num_examples, cfg.seed, cfg.shuffle)
         micro = method.micro_batches(step, idx, acc.process_index, acc.num_processes)
         sums: dict[str, float] = {}
+        shares: dict[str, float] = {}  # per metric: the share of rows it was computed on (a side may have none)
         rows: list[int] = []
         self.scorer.train()
         for k, mb in enumerate(micro):
@@ -145,6 +189,7 @@ class Engine:
             rows += mb.rows
             for key, v in {"loss": loss.item(), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + v * mb.share
+                shares[key] = shares.get(key, 0.0) + mb.share
         maybe_fault("accumulated", step)
         grad_norm = dist.clip_grad_norm(self.trainable(), cfg.max_grad_norm)
         if not health.finite(sums["loss"], grad_norm):
@@ -156,7 +201,7 @@ class Engine:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         maybe_fault("after_step", step + 1)
-        metrics = {k: _mean_across(acc, v) for k, v in sums.items()}
+        metrics = _mean_across(acc, sums, shares)
         metrics.update(grad_norm=grad_norm, lr=self.sched.get_last_lr()[0], step_time=time.perf_counter() - t0)
         health.observe(step + 1, metrics["loss"], metrics.get("logps/chosen"))
         return metrics
@@ -204,6 +249,7 @@ class Engine:
     def _resume(self) -> int:
         done = ckpt.list_checkpoints(self.out / "checkpoints")
         if not done:
+            self.log("no checkpoint was written before the run stopped: --resume starts from step 0")
             return 0
         state = ckpt.load_checkpoint(done[-1], self._named_trainable(), self.opt, self.sched)
         dist.reshard_optimizer_state(self.opt)
@@ -257,7 +303,19 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _mean_across(acc: Accelerator, value: float) -> float:
+def _mean_across(acc: Accelerator, sums: dict[str, float], shares: dict[str, float]) -> dict[str, float]:
+    """Each metric's mean over the micro-batches (then processes) that reported it: a metric of a side with no rows
+    in some micro-batch (KTO's logps/rejected without undesirable rows) is averaged over the others, and left out
+    when none had it. One collective per step whatever the keys (processes may report different ones)."""
+    full = shares["loss"]  # every micro-batch reports the loss
+    local = {k: v if shares[k] == full else v / shares[k] for k, v in sums.items()}
     if acc.num_processes == 1:
-        return value
-    return acc.gather(torch.tensor([value], device=acc.device)).mean().item()
+        return local
+    from accelerate.utils import gather_object
+
+    total: dict[str, list[float]] = {}
+    for part in gather_object([local]):
+        for k, v in part.items():
+            t = total.setdefault(k, [0.0, 0])
+            t[0], t[1] = t[0] + v, t[1] + 1
+    return {k: v / n for k, (v, n) in total.items()}

@@ -75,7 +75,12 @@ class Method:
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         if cfg.lora:
-            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            check_lora_targets(model, cfg.lora_target_modules)
+            try:
+                model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            except ValueError as e:  # PEFT: a target it cannot wrap
+                raise UserError("config", f"lora_target_modules: {str(e).splitlines()[0][:200]}",
+                                "name linear layers of the model, or use all-linear") from None
         model.config.use_cache = False
         return model.to(self.engine.acc.device)
 
@@ -100,7 +105,13 @@ class Method:
         return bool(self.eval_examples)
 
     def param_groups(self) -> list[dict]:
-        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        """The policy's trainable parameters in two groups, as Hugging Face's Trainer (and so TRL) does: weight
+        decay on weights, none on biases and norm weights (``no_decay_names``); then the objective's own."""
+        skip = no_decay_names(self.model)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n not in skip], "weight_decay": self.cfg.weight_decay},
+                  {"params": [p for n, p in named if n in skip], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
         if self.extra_module is not None:
             groups.append({"params": list(self.extra_module.parameters()),
                            "weight_decay": getattr(self.extra_module, "weight_decay", self.cfg.weight_decay)})
@@ -158,6 +169,48 @@ class Method:
 
     def evaluate(self) -> dict:
         return {}
+
+
+# Hugging Face Trainer's ``get_decay_parameter_names``: parameters of LayerNorm modules and names matching these.
+NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+
+
+def no_decay_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters weight decay skips: biases and norm weights (HF Trainer's rule, plus any module
+    whose class name ends in "Norm", e.g. LlamaRMSNorm, so a norm under another attribute name is caught too)."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    norms = tuple({torch.nn.LayerNorm, *(type(m) for m in model.modules() if type(m).__name__.endswith("Norm"))})
+    decay = set(get_parameter_names(model, norms, list(NO_DECAY_PATTERNS)))
+    return {n for n, _ in model.named_parameters() if n not in decay}
+
+
+def check_lora_targets(model: torch.nn.Module, targets) -> None:
+    """Every name in ``lora_target_modules`` must match a module of the model (PEFT's rule: the full name, or its
+    last dotted parts); a string other than all-linear is a regular expression matched against full names."""
+    import re
+
+    names = [n for n, _ in model.named_modules() if n]
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return
+        try:
+            hit = any(re.fullmatch(targets, n) for n in names)
+        except re.error as e:
+            raise UserError("config", f"lora_target_modules '{targets}' is not a valid regular expression ({e})",
+                            "give a list of module names, or all-linear") from None
+        missing = [] if hit else [targets]
+    else:
+        bad = [t for t in targets if not isinstance(t, str) or not t]
+        if bad:
+            raise UserError("config", f"lora_target_modules must be module names, got {bad[0]!r}",
+                            "give a list of module names, or all-linear")
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError("config", f"lora_target_modules {', '.join(map(repr, missing))} match no module of the "
+                        f"model (its linear layers: {', '.join(leaves[:12])})",
+                        "use names from that list, or all-linear")
 
 
 _METHODS: dict[str, type[Method]] = {}

@@ -48,5 +48,6 @@ class Unpaired(RowKind):
         avg = (policy.seq_logps.detach() / policy.n_tokens.clamp(min=1))[:b]
         out = {}
         for key, m in (("logps/chosen", lab), ("logps/rejected", ~lab)):
-            out[key] = (avg[m].sum() / m.sum().clamp(min=1)).item()
+            if m.any():  # a mean over zero rows is no number: left out, not logged as 0
+                out[key] = (avg[m].sum() / m.sum()).item()
         return out
