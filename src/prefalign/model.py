@@ -1,9 +1,20 @@
 """Loading a causal LM + tokenizer from a local folder (or a hub name when online), with optional LoRA; the
-``auto`` dtype (``resolve_dtype``) and paths as users write them (``expand_path``)."""
+``auto`` dtype (``resolve_dtype``) and paths as users write them (``expand_path``).
+
+Weights formats: a folder's ``*.safetensors`` are read without running code. A folder holding only pickle files
+(``pytorch_model.bin``, ``adapter_model.bin``) is read by transformers / PEFT through
+``torch.load(weights_only=True)`` — restricted unpickling (tensors and plain containers only), but unpickling
+all the same. ``use_safetensors=True`` (``--safetensors-only`` on the commands, ``PREFALIGN_SAFETENSORS_ONLY=1`` in
+the environment) refuses such folders in one line before anything is read (``check_weights``).
+
+Every loading failure (a missing, empty or truncated folder, an ``adapter_config.json`` that is not JSON, weights
+that do not fit the base) is a one-line ``UserError`` naming the folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import warnings
@@ -126,18 +137,114 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str, dtype: str = "fp32", trust_remote_code: bool = False):
-    """A causal LM on the CPU in ``dtype`` (fp32, bf16, or auto: see ``resolve_dtype``)."""
+def load_model(path: str, dtype: str | torch.dtype | None = "fp32", trust_remote_code: bool = False,
+               use_safetensors: bool | None = None, device: str = "cpu"):
+    """A causal LM on the CPU in ``dtype`` (fp32, bf16, or auto: see ``resolve_dtype``; a torch dtype; None: the
+    checkpoint's own). ``use_safetensors``: refuse pickle weights (None: ``PREFALIGN_SAFETENSORS_ONLY``)."""
     from transformers import AutoModelForCausalLM
 
     path = _check_exists(path)
-    dtype = resolve_dtype(dtype, "cpu")[0]
+    if isinstance(dtype, str):
+        dtype = DTYPES[resolve_dtype(dtype, device)[0]]
+    strict = safetensors_only(use_safetensors)
+    check_weights(path, strict)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True if strict else None)
     except Exception as e:
         raise UserError(path, f"cannot load a causal LM ({_first_line(e)})",
-                        "point --model at a folder saved with save_pretrained") from None
+                        "point --model at a folder saved with save_pretrained (config.json and complete weights)"
+                        ) from None
     return model
+
+
+# ---- weights formats and adapters -------------------------------------------------------------------------------
+SAFETENSORS_ENV = "PREFALIGN_SAFETENSORS_ONLY"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def safetensors_only(flag: bool | None = None) -> bool:
+    """``flag`` when given, else whether ``PREFALIGN_SAFETENSORS_ONLY`` is set to 1/true/yes/on."""
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get(SAFETENSORS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_weights(path: str, use_safetensors: bool, prefix: str = "") -> None:
+    """With ``use_safetensors``, refuse a local folder whose weights (``prefix*``) are only pickle files.
+    (A hub name is left to transformers' own ``use_safetensors=True``.)"""
+    p = Path(path)
+    if not use_safetensors or not p.is_dir():
+        return
+    files = [f for f in p.iterdir() if f.is_file() and f.name.startswith(prefix)]
+    if any(f.suffix == ".safetensors" for f in files):
+        return
+    pickles = sorted(f.name for f in files if f.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(path, f"holds pickle-format weights only ({', '.join(pickles[:3])}), and safetensors-only "
+                        f"loading is on", "convert them to safetensors (load, then save_pretrained) or drop "
+                        f"--safetensors-only / {SAFETENSORS_ENV}")
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict:
+    """The adapter folder's ``adapter_config.json`` as a dict (a one-line UserError when it is not a JSON object)."""
+    f = Path(path) / "adapter_config.json"
+    todo = "restore the adapter folder as save_pretrained wrote it (or train it again)"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(str(f), f"cannot read ({e.strerror or e})", todo) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        from prefalign.data.io import json_problem
+
+        raise UserError(str(f), f"not valid JSON ({json_problem(e)})", todo) from None
+    if not isinstance(cfg, dict):
+        raise UserError(str(f), "expected a JSON object", todo)
+    return cfg
+
+
+def is_adapter(path: str | os.PathLike | None) -> bool:
+    return path is not None and (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    """The local base-model folder an adapter folder names (``base_model_name_or_path``, ``~``/``$VARS`` expanded)."""
+    base = read_adapter_config(path).get("base_model_name_or_path")
+    base = expand_path(base) if isinstance(base, str) else None
+    if not base or not Path(base).is_dir():
+        raise UserError(str(path), f"the adapter's base model '{base}' is not a local folder",
+                        "check base_model_name_or_path in adapter_config.json")
+    return base
+
+
+def load_adapter(path: str | os.PathLike, dtype: str | torch.dtype | None = "fp32",
+                 use_safetensors: bool | None = None, device: str = "cpu"):
+    """A LoRA adapter folder on its base model (``adapter_base``), as a PEFT model in eval mode; every failure
+    (no or truncated ``adapter_model.*``, weights that do not fit the base) one line naming the folder."""
+    from peft import PeftModel
+
+    path = str(path)
+    base = adapter_base(path)
+    strict = safetensors_only(use_safetensors)
+    check_weights(path, strict, prefix="adapter_model")
+    if not any(f.name.startswith("adapter_model.") for f in Path(path).iterdir()):
+        raise UserError(path, "adapter folder has no adapter_model.safetensors",
+                        "point --model at a complete adapter folder (as prefalign train writes it)")
+    model = load_model(base, dtype, use_safetensors=strict, device=device)
+    try:
+        with quiet_third_party():
+            return PeftModel.from_pretrained(model, path).eval()
+    except Exception as e:  # a truncated file, shapes that do not fit the base, an unknown PEFT type
+        raise UserError(path, f"cannot load the LoRA adapter ({_first_line(e)})",
+                        "point --model at a complete adapter folder (as prefalign train writes it)") from None
+
+
+def load_any(path: str, dtype: str | torch.dtype | None = "fp32", use_safetensors: bool | None = None,
+             device: str = "cpu"):
+    """A model folder (``load_model``) or a LoRA adapter folder on its base (``load_adapter``), in eval mode."""
+    if is_adapter(expand_path(path)):
+        return load_adapter(expand_path(path), dtype, use_safetensors, device)
+    return load_model(path, dtype, use_safetensors=use_safetensors, device=device).eval()
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules):
@@ -189,7 +296,8 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def load_reward_in(spec, dtype: str = "auto", device: str = "cpu", batch_size: int = 16):
+def load_reward_in(spec, dtype: str = "auto", device: str = "cpu", batch_size: int = 16,
+                   use_safetensors: bool | None = None):
     """``reward.load_reward(spec)``, with a reward-model folder's weights in ``dtype`` (auto, fp32, bf16) and
     ``~`` / ``$VARS`` in a folder path expanded; other specs (vader, module:function, callables) as they are."""
     from prefalign.reward import load_reward
@@ -200,6 +308,6 @@ def load_reward_in(spec, dtype: str = "auto", device: str = "cpu", batch_size: i
             from prefalign.reward.model import ModelReward
 
             return ModelReward(path, device=device, batch_size=batch_size,
-                               dtype=DTYPES[resolve_dtype(dtype, device)[0]])
+                               dtype=DTYPES[resolve_dtype(dtype, device)[0]], use_safetensors=use_safetensors)
         spec = path
     return load_reward(spec, device=device, batch_size=batch_size)

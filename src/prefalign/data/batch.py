@@ -52,7 +52,6 @@ class SeqBatch:
     rows: list[int] = field(default_factory=list)  # source row of each pair (length B)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per declared field
     ref_logps: torch.Tensor | None = None  # [2B] cached reference log-probs, when precomputed
-    aligned_logps: torch.Tensor | None = None  # [B, M] cached log-probs of the chosen under M aligned models (PoFT)
     token_marks: torch.Tensor | None = None  # [2B, T] revision rows' 0/1 token marks per sequence (FIGA), 0 past ends
 
     @property
@@ -68,7 +67,7 @@ class SeqBatch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t
         return SeqBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
                         self.scoring.to(device), move(self.real), self.rows,
-                        {k: move(v) for k, v in self.extras.items()}, move(self.ref_logps), move(self.aligned_logps),
+                        {k: move(v) for k, v in self.extras.items()}, move(self.ref_logps),
                         move(self.token_marks))
 
 

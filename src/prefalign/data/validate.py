@@ -14,8 +14,13 @@ string: what is wrong or right with the completion). Cross-prompt paired rows (J
 which the trainer sets for objectives that declare it): ``chosen_prompt``, ``chosen``, ``rejected_prompt``,
 ``rejected`` — each completion of its own prompt's kind (string or messages); they may be mixed with ordinary paired
 rows in one file, and a row whose two prompts are equal is read as an ordinary pair. Unknown columns are ignored,
-as in TRL; numeric fields the objective declares (e.g. ``pref_prob``, ``score_chosen``) must be finite numbers;
-``score_chosen``/``score_rejected`` may also be spelled ``chosen_score``/``rejected_score``. Problems read ``path:row N: field 'x': what is wrong``.
+as in TRL; numeric fields the objective declares (e.g. ``pref_prob``, ``score_chosen``) must be finite numbers,
+and within the range an objective declares for them (``extra_ranges = {"pref_prob": (0, 1)}`` on the objective
+class; ``declared_ranges``); ``score_chosen``/``score_rejected`` may also be spelled ``chosen_score``/``rejected_score``.
+Conversations must keep their turns in order: no two user turns in a row (in a prompt, a completion, or across
+their boundary), and no assistant completion after a prompt that ends in an assistant turn — the chat template
+would render a boundary (an assistant turn, then the generation prompt again) that inference never produces.
+Problems read ``path:row N: field 'x': what is wrong``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
     from prefalign.data import kinds
 
     row_kind = kinds.get(kind)  # ValueError for an unknown kind
+    ranges = declared_ranges(extra_fields)
     raw, unreadable = read_table(path)
     found: list[tuple[int, str, str]] = list(unreadable)  # (row, kind, message)
     bad_kinds = [kind_ for _, kind_, _ in unreadable]  # one entry per bad row: the kind of its first problem
@@ -64,7 +70,7 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
     options = {"cross_prompt": cross_prompt, "cross_prompt_hint": cross_prompt_hint}
     for number, row in raw:
         row_kind.accept(f"{path}:row {number}", row, options)
-        norm, problems = check_row(f"{path}:row {number}", row, kind, extra_fields)
+        norm, problems = check_row(f"{path}:row {number}", row, kind, extra_fields, ranges)
         if problems:
             found += [(number, *p) for p in problems]
             bad_kinds.append(problems[0][0])
@@ -86,14 +92,17 @@ def load_rows(path: str, kind: str = "paired", extra_fields: tuple[str, ...] = (
     return Rows(path, kind, rows, dict(Counter(bad_kinds)), ties)
 
 
-def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = ()) -> tuple[dict, list[Problem]]:
-    """The normalised row (only meaningful without problems; ``_tie`` marks a tied n-sample row) and its problems."""
+def check_row(where: str, row: dict, kind: str, extra_fields: tuple[str, ...] = (),
+              ranges: dict[str, tuple[float, float]] | None = None) -> tuple[dict, list[Problem]]:
+    """The normalised row (only meaningful without problems; ``_tie`` marks a tied n-sample row) and its problems.
+    ``ranges``: closed intervals for declared fields (default: ``declared_ranges(extra_fields)``)."""
     from prefalign.data import kinds
 
     norm, problems = kinds.get(kind).check(where, row)
     if "_scores" in norm:  # an n-sample row's best and worst scores are row fields an objective may declare
         row = {**row, **norm.pop("_scores")}
-    extras, extra_problems = check_extras(where, row, extra_fields)
+    ranges = declared_ranges(extra_fields) if ranges is None else ranges
+    extras, extra_problems = check_extras(where, row, extra_fields, ranges)
     return {**norm, **extras}, problems + extra_problems
 
 
@@ -111,6 +120,9 @@ def check_paired(where: str, row: dict) -> tuple[dict, list[Problem]]:
         if problems:
             return {}, problems
         prompt, chosen, rejected, problems = _extract_prompt(where, chosen, rejected)
+        if problems:
+            return {}, problems
+        problems = turn_order(where, "chosen", prompt)  # the shared turns, numbered as in 'chosen'
         if problems:
             return {}, problems
     else:
@@ -256,8 +268,27 @@ def _finite(v) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def check_extras(where: str, row: dict, names: tuple[str, ...]) -> tuple[dict[str, float], list[Problem]]:
+def declared_ranges(names: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+    """{field: (low, high)}: the closed ranges registered objectives declare for the fields ``names`` (their
+    ``extra_ranges`` class attribute, e.g. iregression's ``{"pref_prob": (0, 1)}``); a field declared by several
+    objectives gets the intersection. A field's meaning is the same for every objective that reads it."""
+    from prefalign import objectives
+
+    out: dict[str, tuple[float, float]] = {}
+    if not names:
+        return out
+    for name in objectives.names():
+        for field_, (low, high) in (getattr(objectives.get_class(name), "extra_ranges", None) or {}).items():
+            if field_ in names:
+                lo, hi = out.get(field_, (-math.inf, math.inf))
+                out[field_] = (max(lo, float(low)), min(hi, float(high)))
+    return out
+
+
+def check_extras(where: str, row: dict, names: tuple[str, ...],
+                 ranges: dict[str, tuple[float, float]] | None = None) -> tuple[dict[str, float], list[Problem]]:
     values, problems = {}, []
+    ranges = ranges or {}
     for name in names:
         v = row.get(name)
         if v is None and name in ALIASES:
@@ -272,6 +303,10 @@ def check_extras(where: str, row: dict, names: tuple[str, ...]) -> tuple[dict[st
         if number is None or not math.isfinite(number):
             got = type(v).__name__ if number is None else repr(v)[:40]
             problems.append(("wrong type", f"{where}: field '{name}': expected a finite number, got {got}"))
+        elif name in ranges and not ranges[name][0] <= number <= ranges[name][1]:
+            low, high = ranges[name]
+            problems.append(("out of range", f"{where}: field '{name}': must be in [{low:g}, {high:g}], got "
+                             f"{repr(v)[:40]}"))
         else:
             values[name] = number
     return values, problems
@@ -297,7 +332,31 @@ def _unicode(where: str, name: str, text: str, what: str = "") -> list[Problem]:
 
 
 def _prompt(where: str, prompt, name: str = "prompt") -> list[Problem]:
-    return _messages(where, name, prompt) if isinstance(prompt, list) else []
+    if not isinstance(prompt, list):
+        return []
+    return _messages(where, name, prompt) or turn_order(where, name, prompt)
+
+
+ORDER_TODO = "the chat template never renders that boundary at inference: merge the turns or add the missing one"
+
+
+def turn_order(where: str, name: str, msgs: list, before: list | None = None, before_name: str = "prompt",
+               assistant_runs: bool = True) -> list[Problem]:
+    """Turns out of order in ``msgs`` (checked messages), after the turns ``before`` (the prompt of a completion):
+    two user turns in a row anywhere, and an assistant turn right after an assistant turn — at the boundary from
+    ``before``, and inside ``msgs`` too unless ``assistant_runs`` (a multi-turn completion: its inner boundaries
+    are trained as they are rendered)."""
+    prev, prev_at = None, ""
+    if before and isinstance(before[-1], dict):
+        prev, prev_at = before[-1].get("role"), f"the last turn of '{before_name}'"
+    for i, m in enumerate(msgs, start=1):
+        role = m.get("role") if isinstance(m, dict) else None
+        inner = prev_at.startswith("message")
+        if role == prev == "user" or (role == prev == "assistant" and not (inner and assistant_runs)):
+            return [("turn order", f"{where}: field '{name}': message {i} is a second {role} turn in a row (after "
+                     f"{prev_at}); {ORDER_TODO}")]
+        prev, prev_at = role, f"message {i}"
+    return []
 
 
 def _completion(where: str, name: str, v, prompt, prompt_name: str = "prompt") -> list[Problem]:
@@ -318,7 +377,7 @@ def _completion(where: str, name: str, v, prompt, prompt_name: str = "prompt") -
         return [("no assistant turn", f"{where}: field '{name}': has no assistant turn")]
     if not any(c.strip() for c in assistant):
         return [("empty", f"{where}: field '{name}': empty or whitespace-only completion")]
-    return []
+    return turn_order(where, name, v, prompt if isinstance(prompt, list) else None, prompt_name)
 
 
 def _messages(where: str, name: str, msgs: list) -> list[Problem]:

@@ -15,6 +15,10 @@ HELP = """Decode one completion per prompt with a decoding-time alignment method
 Methods: {methods}
 A LoRA adapter folder as --model loads as a PEFT model, so DeRa can use the adapter on and off as aligned and
 reference models (or give --ref-model). Prompts: .jsonl rows with a "prompt" string, or a .txt, one per line.
+
+--reward module:function imports that Python module, which runs its code: name only code you trust. It is found on
+sys.path (installed, or on PYTHONPATH); prefalign does not add the working directory to it (PYTHONPATH=. for a
+my_rewards.py there). An exception the function raises is reported as 'reward X raised ...: fix the function'.
 """
 
 
@@ -28,7 +32,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (or LoRA adapter folder)")
     p.add_argument("--ref-model", help="reference model folder (DeRa without an adapter)")
     p.add_argument("--prompts", required=True, help=".jsonl with 'prompt' or .txt with one prompt per line")
-    p.add_argument("--reward", help="vader, module:function, or a reward-model folder")
+    p.add_argument("--reward", help="vader, module:function (imports and runs that module: see above), or a "
+                   "reward-model folder")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE", help="method hyperparameter")
     p.add_argument("--out", help="write JSONL rows {prompt, completion, ...} here (default: print)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -41,6 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                    help="weights' dtype (default auto: bf16 where the device computes it natively, else fp32)")
+    p.add_argument("--safetensors-only", action="store_true",
+                   help="refuse model, adapter and reward folders whose weights are pickle files (pytorch_model.bin, "
+                        "read with torch.load(weights_only=True) otherwise); also PREFALIGN_SAFETENSORS_ONLY=1")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -60,20 +68,27 @@ def run(args, rest) -> int:
     import json
     import sys
 
-    from prefalign.decode.run import run_decode
+    from prefalign.decode.generate import GenOptions
+    from prefalign.decode.run import _check, make_config, run_decode
     from prefalign.model import dtype_line, expand_path
-    from prefalign.pairs.io import read_prompts, write_jsonl
+    from prefalign.pairs.io import check_out_file, read_prompts, write_jsonl
 
     for key in ("model", "ref_model", "prompts", "reward", "out"):
         setattr(args, key, expand_path(getattr(args, key, None)))
+    hparams = parse_hparams(args.hparam)
+    opts = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                      seed=args.seed, batch_size=args.batch_size)
+    _check(args.method, opts, make_config(args.method, hparams))  # every argument before anything is read
+    if args.out:
+        check_out_file(args.out)
     dtype, line = dtype_line(getattr(args, "dtype", "auto"), "cpu")
     print(line, file=sys.stderr, flush=True)
-    hparams = parse_hparams(args.hparam)
     prompts = read_prompts(args.prompts)
     result = run_decode(args.method, args.model, prompts=prompts, reward=args.reward, ref_model=args.ref_model,
                         hparams=hparams, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_p=args.top_p, seed=args.seed, stop=args.stop, batch_size=args.batch_size,
-                        chat=False if args.no_chat else None, system=args.system, progress=True, dtype=dtype)
+                        chat=False if args.no_chat else None, system=args.system, progress=True, dtype=dtype,
+                        use_safetensors=True if getattr(args, "safetensors_only", False) else None)
     rows = [{k: v for k, v in r.items() if k != "token_ids"} for r in result.rows(prompts)]
     if args.out:
         write_jsonl(args.out, rows)

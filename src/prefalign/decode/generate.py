@@ -18,6 +18,7 @@ sampled ids after those same ids.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,28 @@ class GenOptions:
     chat: bool | None = None  # render prompts with the chat template; None = when the tokenizer has one
     system: str | None = None  # optional system message for every prompt
     progress: str = ""  # a progress bar with this label over the prompts ("" = none)
+
+    def problems(self, greedy_ok: bool = True) -> list[str]:
+        """What is out of range, as ``--flag``-named phrases (empty when all is well); the one place the sampling
+        options' ranges are declared, for ``sample``, ``evaluate`` and ``decode`` alike. ``greedy_ok``: whether
+        temperature 0 (greedy) is allowed (not where KL is estimated from samples)."""
+        out = []
+        if not _int_at_least(self.max_new_tokens, 1):
+            out.append(f"--max-new-tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not _int_at_least(self.batch_size, 1):
+            out.append(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
+        t = self.temperature
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0 or (t == 0 and not greedy_ok):
+            out.append(f"--temperature must be {'>= 0 (0 = greedy)' if greedy_ok else '> 0'}, got {t!r}")
+        if not isinstance(self.top_p, (int, float)) or not (0 < self.top_p <= 1):  # NaN fails too
+            out.append(f"--top-p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        if not _int_at_least(self.seed, 0) or self.seed >= 2**63:
+            out.append(f"--seed must be an integer in [0, 2^63), got {self.seed!r}")
+        return out
+
+
+def _int_at_least(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 @dataclass

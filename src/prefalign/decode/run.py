@@ -18,7 +18,7 @@ from prefalign.decode.dera import DeRaConfig, dera_decode
 from prefalign.decode.generate import GenOptions, model_device, sample
 from prefalign.decode.linear_alignment import LinearAlignmentConfig, linear_alignment_decode
 from prefalign.errors import UserError
-from prefalign.model import DTYPES, expand_path, missing_note, quiet_third_party, resolve_dtype
+from prefalign.model import DTYPES, expand_path, missing_note, resolve_dtype
 
 
 @dataclass
@@ -72,13 +72,16 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
                hparams: dict | None = None, max_new_tokens: int = 128, temperature: float = 1.0,
                top_p: float = 1.0, seed: int = 0, stop: Sequence[str] | None = None, batch_size: int = 8,
                chat: bool | None = None, system: str | None = None, progress: bool = False,
-               desc: str | None = None, dtype: str | None = None) -> DecodeResult:
+               desc: str | None = None, dtype: str | None = None,
+               use_safetensors: bool | None = None) -> DecodeResult:
     """Decode one completion per prompt with a decoding-time alignment ``method`` (see ``METHODS``).
 
     ``model`` / ``ref_model``: a causal LM or a folder path (a PEFT adapter folder loads as a PEFT model);
     ``tokenizer`` defaults to the model folder's; ``dtype`` (auto, fp32, bf16; default: the checkpoint's) applies
     to models loaded from paths. ``reward``: a spec for ``load_reward`` or a callable.
     Models are put in eval mode (decoding never wants dropout). ``progress``: a bar labelled ``desc``.
+    ``use_safetensors``: refuse pickle-format weights in model and reward folders (None: the
+    ``PREFALIGN_SAFETENSORS_ONLY`` environment variable).
     """
     needs_reward = _method(method)[1]
     cfg = make_config(method, hparams)
@@ -86,26 +89,28 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
                       stop=tuple(stop or ()), batch_size=batch_size, chat=chat, system=system,
                       progress=(desc or method) if progress else "")
     _check(method, opts, cfg)
+    reward_fn = None  # loaded first: a bad reward spec fails before any model is loaded
+    if reward is not None:
+        from prefalign.reward import load_reward
+
+        device = "cpu" if isinstance(model, (str, Path)) else str(model_device(model))
+        reward_fn = load_reward(reward, device=device, use_safetensors=use_safetensors)
+    elif needs_reward:
+        raise UserError(f"decode {method}", "needs a reward", "pass --reward (vader, module:function or a folder)")
     if isinstance(model, (str, Path)):
         model = expand_path(model)
         tokenizer = tokenizer or model
-        model = load_causal_lm(model, dtype=dtype)
+        model = load_causal_lm(model, dtype=dtype, use_safetensors=use_safetensors)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = _load_tokenizer(expand_path(tokenizer))
     if isinstance(ref_model, (str, Path)):
-        ref_model = load_causal_lm(ref_model, device=model_device(model), dtype=dtype)
+        ref_model = load_causal_lm(ref_model, device=model_device(model), dtype=dtype,
+                                   use_safetensors=use_safetensors)
     if tokenizer is None:
         raise UserError(f"decode {method}", "no tokenizer given", "pass a tokenizer or a model folder path")
     for m in (model, ref_model):
         if m is not None:
             m.eval()
-    reward_fn = None
-    if reward is not None:
-        from prefalign.reward import load_reward
-
-        reward_fn = load_reward(reward, device=str(model_device(model)))
-    elif needs_reward:
-        raise UserError(f"decode {method}", "needs a reward", "pass --reward (vader, module:function or a folder)")
     prompts = list(prompts)
     if not prompts:
         return DecodeResult([], [], method, dataclasses.asdict(cfg))
@@ -129,12 +134,15 @@ def run_decode(method: str, model, tokenizer=None, prompts: Sequence[str] = (), 
     return DecodeResult(completions, info, method, dataclasses.asdict(cfg))
 
 
-def load_causal_lm(path: str | Path, device="cpu", dtype=None):
+def load_causal_lm(path: str | Path, device="cpu", dtype=None, use_safetensors: bool | None = None):
     """A causal LM from a folder; a PEFT adapter folder loads as a PEFT model (so DeRa can disable it).
 
     ``dtype``: "auto", "fp32", "bf16" (``prefalign.model.resolve_dtype`` on ``device``), a torch dtype, or None
-    (the checkpoint's own). ``~`` and ``$VARS`` in the path are expanded.
+    (the checkpoint's own). ``~`` and ``$VARS`` in the path are expanded. ``use_safetensors``: refuse pickle
+    weights (None: ``PREFALIGN_SAFETENSORS_ONLY``). Loading problems are one-line ``UserError``s.
     """
+    from prefalign.model import load_any
+
     given = str(path)
     path = Path(expand_path(given))
     if not path.is_dir():
@@ -142,20 +150,17 @@ def load_causal_lm(path: str | Path, device="cpu", dtype=None):
                         "pass a model folder saved with save_pretrained")
     if isinstance(dtype, str):
         dtype = DTYPES[resolve_dtype(dtype, device)[0]]
-    if (path / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        with quiet_third_party():
-            return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return load_any(str(path), dtype, use_safetensors=use_safetensors).to(device)
 
 
 def _load_tokenizer(path):
-    from transformers import AutoTokenizer
+    """The folder's tokenizer, or for an adapter folder without one its base model's."""
+    from prefalign.model import adapter_base, is_adapter, load_tokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    path = str(path)
+    if is_adapter(path) and not (Path(path) / "tokenizer_config.json").exists():
+        path = adapter_base(path)
+    return load_tokenizer(path)
 
 
 def _method(method: str):
@@ -183,15 +188,7 @@ def _coerce(method: str, key: str, value, default):
 
 
 def _check(method: str, opts: GenOptions, cfg) -> None:
-    problems = []
-    if opts.max_new_tokens < 1:
-        problems.append("max_new_tokens must be >= 1")
-    if opts.temperature < 0:
-        problems.append("temperature must be >= 0 (0 = greedy)")
-    if not 0 < opts.top_p <= 1:
-        problems.append("top_p must be in (0, 1]")
-    if opts.batch_size < 1:
-        problems.append("batch_size must be >= 1")
+    problems = opts.problems(greedy_ok=True)
     for name in ("n", "k"):
         if getattr(cfg, name, 1) < 1:
             problems.append(f"{name} must be >= 1")

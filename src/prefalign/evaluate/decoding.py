@@ -71,6 +71,19 @@ def evaluate_decoding(method: str, hparams: dict | None, model, tokenizer, promp
     return out
 
 
+def check_decodes(decodes: Sequence[dict], cfg) -> None:
+    """Refuse, before any model is loaded, a ``--decode`` method without a KL estimate, an unknown or ill-typed
+    hyperparameter, or an out-of-range one (the checks ``run_decode`` would make after the reference samples)."""
+    from prefalign.decode.run import _check, make_config
+
+    for d in decodes:
+        method = d["method"]
+        if method not in (*PER_TOKEN, "best_of_n"):
+            raise UserError(f"evaluate --decode {method}", "has no tractable log q(y|x), so no KL estimate",
+                            f"use one of {', '.join((*PER_TOKEN, 'best_of_n'))}")
+        _check(method, cfg.gen_options(cfg.seed + 1), make_config(method, d.get("hparams")))
+
+
 def _label(method: str, hparams: dict) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in hparams.items() if k != "principle")
     return f"{method} ({shown})" if shown else method

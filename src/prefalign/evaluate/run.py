@@ -13,7 +13,6 @@ A PEFT adapter folder is its own reference: the same weights with the adapter di
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,56 +126,58 @@ def assemble(cfg: EvalConfig, prompts: Sequence[str], reward, ref: Samples, runs
 
 
 def check_config(cfg: EvalConfig) -> None:
+    """Every range at once (the sampling options' from ``GenOptions.problems``), as one line."""
     problems = []
-    if cfg.n_reference < 1 or cfg.n_policy < 1:
-        problems.append("n_reference and n_policy must be >= 1")
-    if cfg.temperature <= 0:
-        problems.append("temperature must be > 0 (KL is estimated from samples)")
-    if not 0 < cfg.top_p <= 1:
-        problems.append("top_p must be in (0, 1]")
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        problems.append("max_new_tokens and batch_size must be >= 1")
+    for name in ("n_reference", "n_policy"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            problems.append(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+    problems += cfg.gen_options(cfg.seed).problems(greedy_ok=False)  # KL is estimated from samples
     if problems:
         raise UserError("evaluate", "; ".join(problems), "fix the arguments")
 
 
 # ---- loading: a model folder or an adapter folder, and its reference ----------------------------------------------
 def load_policy_and_reference(model_path: str, reference_path: str | None = None, dtype: str = "fp32",
-                              self_reference: bool = False):
+                              self_reference: bool = False, use_safetensors: bool | None = None):
     """(policy, reference or None, reference_context or None, tokenizer, base path).
 
     An adapter folder (``adapter_config.json``) loads onto its base model; its reference is that base with the
     adapter disabled unless ``reference_path`` names another model. A full model needs ``reference_path``,
     unless ``self_reference`` (decoding methods steering the model are compared with the model itself).
     ``dtype``: auto, fp32 or bf16 (``prefalign.model.resolve_dtype``); ``~`` and ``$VARS`` in paths are expanded.
+    ``use_safetensors``: refuse pickle weights (None: ``PREFALIGN_SAFETENSORS_ONLY``). Every loading problem is a
+    one-line ``UserError`` (``prefalign.model.load_adapter``).
     """
-    from prefalign.model import expand_path, load_model, load_tokenizer, missing_note, quiet_third_party
+    from prefalign.model import (
+        adapter_base,
+        expand_path,
+        is_adapter,
+        load_adapter,
+        load_model,
+        load_tokenizer,
+        missing_note,
+    )
 
     given, model_path, reference_path = str(model_path), expand_path(model_path), expand_path(reference_path)
     path = Path(model_path)
     if not path.is_dir():
         raise UserError(str(model_path), "model folder does not exist" + missing_note(given, model_path),
                         "check the path given to --model")
-    adapter_cfg = path / "adapter_config.json"
     tok_dir = str(path) if (path / "tokenizer_config.json").exists() else None
-    if adapter_cfg.exists():
-        from peft import PeftModel
-
-        base = expand_path(json.loads(adapter_cfg.read_text()).get("base_model_name_or_path"))
-        if not base or not Path(base).is_dir():
-            raise UserError(str(model_path), f"the adapter's base model '{base}' is not a local folder",
-                            "check base_model_name_or_path in adapter_config.json")
-        with quiet_third_party():
-            policy = PeftModel.from_pretrained(load_model(base, dtype), str(path)).eval()
+    if is_adapter(path):
+        base = adapter_base(path)
+        policy = load_adapter(path, dtype, use_safetensors=use_safetensors)
         tokenizer = load_tokenizer(tok_dir or base)
         if reference_path:
-            return policy, load_model(reference_path, dtype).eval(), None, tokenizer, base
+            reference = load_model(reference_path, dtype, use_safetensors=use_safetensors).eval()
+            return policy, reference, None, tokenizer, base
         return policy, None, policy.disable_adapter, tokenizer, base
     if not reference_path and not self_reference:
         raise UserError(str(model_path), "a full model needs a reference to compare with",
                         "pass --reference <the model it was trained from>")
-    policy = load_model(str(path), dtype).eval()
+    policy = load_model(str(path), dtype, use_safetensors=use_safetensors).eval()
     if not reference_path:
         return policy, None, None, load_tokenizer(tok_dir or str(path)), str(path)
-    return (policy, load_model(reference_path, dtype).eval(), None, load_tokenizer(tok_dir or reference_path),
-            reference_path)
+    return (policy, load_model(reference_path, dtype, use_safetensors=use_safetensors).eval(), None,
+            load_tokenizer(tok_dir or reference_path), reference_path)

@@ -249,12 +249,6 @@ class Objective:
         ``compute`` as ``extras[name]``. Cache what is expensive under ``ctx.cache_dir``. Default: nothing."""
         return None
 
-    @property
-    def needs_ref_token_logps(self) -> bool:
-        """Read by train/setup.py's ``reference_kind`` (refusing ``reference: precompute``); not a declaration:
-        it follows ``needs().live_reference``."""
-        return self.needs().live_reference
-
     def build_module(self, model_config) -> torch.nn.Module | None:
         """Trainable parameters the objective owns (SparsePO's mask network), built once the model is known; the
         training loop optimises, checkpoints and saves them with the policy. Default: none."""

@@ -31,6 +31,7 @@ class IRegression(PairwiseObjective):
     name = "iregression"
     summary = "iREPO (reconstructed): (βΔ − logit(pref_prob))², pref_prob = empirical fraction preferring chosen"
     extra_fields = ("pref_prob",)
+    extra_ranges = {"pref_prob": (0.0, 1.0)}  # checked per row by the data layer (data.validate.declared_ranges)
 
     clip: float = 1e-3
 

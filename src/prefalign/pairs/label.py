@@ -97,6 +97,8 @@ def pairs_from_rows(rows: list[dict], reward=None, min_gap: float = 0.0,
         if reward is None and not (isinstance(row.get("rewards"), list) and len(row["rewards"]) == len(comps)):
             raise UserError(f"{where}:row {k}", "has no 'rewards' (one per completion) and no --reward was given",
                             "pass --reward (vader, module:function or a reward-model folder)")
+        if reward is None:
+            _check_rewards(f"{where}:row {k}", row["rewards"])
         prompts.append(row["prompt"])
         completions.append(comps)
         chats.add(bool(row.get("chat", False)))
@@ -118,7 +120,7 @@ def pairs_from_rows(rows: list[dict], reward=None, min_gap: float = 0.0,
             per_row.append(scores[pos : pos + len(cs)])
             pos += len(cs)
     else:
-        per_row = [[float(x) for x in row["rewards"]] for row in rows]
+        per_row = [[float(x) for x in row["rewards"]] for row in rows]  # checked finite numbers
     # Rows may hold different numbers of completions: pad with NaN (never chosen, never rejected).
     r = torch.full((len(rows), width), float("nan"))
     comps_padded = []
@@ -126,3 +128,21 @@ def pairs_from_rows(rows: list[dict], reward=None, min_gap: float = 0.0,
         r[i, : len(sc)] = torch.tensor(sc, dtype=torch.float32)
         comps_padded.append(cs + [""] * (width - len(cs)))
     return make_pairs(prompts, comps_padded, r, chats.pop(), min_gap=min_gap, system=systems.pop())
+
+
+def _check_rewards(where: str, values: list) -> None:
+    """Each of a samples row's ``rewards`` must be a finite JSON number (not a string, null, a boolean, NaN)."""
+    import math
+
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            got = "null" if v is None else f"a {type(v).__name__}" + (f" ({v[:20]!r})" if isinstance(v, str) else "")
+            raise UserError(f"{where}: field 'rewards[{i}]'", f"expected a finite number, got {got}",
+                            "write one number per completion (or pass --reward to score them again)")
+        try:
+            finite = math.isfinite(float(v))
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise UserError(f"{where}: field 'rewards[{i}]'", f"expected a finite number, got {str(v)[:40]}",
+                            "write one number per completion (or pass --reward to score them again)")

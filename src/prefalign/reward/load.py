@@ -2,15 +2,16 @@
 
 - ``"vader"``: VADER compound sentiment of the completion, in [-1, 1] (needs ``pip install vaderSentiment``).
 - ``"module:function"``: a Python callable ``f(prompts, completions) -> list[float]``, imported only when named.
+  Importing a module runs its code, by design: name only modules you trust. The module is looked up on
+  ``sys.path`` as Python has it; the working directory is *not* added implicitly (the ``prefalign`` console script
+  does not have it; ``python -m prefalign`` does) — put the module's folder on ``PYTHONPATH`` or install it.
 - a folder path: a sequence-classification reward model (``num_labels=1``).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from prefalign.reward.base import CallableReward, RewardFn, VaderReward
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # package.module:function (or :Class.method)
 
 
-def load_reward(spec: str | Callable | RewardFn, device: str = "cpu", batch_size: int = 16) -> RewardFn:
-    """A ``RewardFn`` for ``spec``; a callable or an existing ``RewardFn`` is wrapped or returned as is."""
+def load_reward(spec: str | Callable | RewardFn, device: str = "cpu", batch_size: int = 16,
+                use_safetensors: bool | None = None) -> RewardFn:
+    """A ``RewardFn`` for ``spec``; a callable or an existing ``RewardFn`` is wrapped or returned as is.
+    ``use_safetensors``: a reward-model folder with pickle weights only is refused (None: the
+    ``PREFALIGN_SAFETENSORS_ONLY`` environment variable)."""
     if isinstance(spec, RewardFn):
         return spec
     if callable(spec):
@@ -35,7 +39,7 @@ def load_reward(spec: str | Callable | RewardFn, device: str = "cpu", batch_size
     if Path(spec).is_dir():
         from prefalign.reward.model import ModelReward  # transformers is imported only for model rewards
 
-        return ModelReward(spec, device=device, batch_size=batch_size)
+        return ModelReward(spec, device=device, batch_size=batch_size, use_safetensors=use_safetensors)
     if _CALLABLE.match(spec):
         return CallableReward(import_callable(spec), name=spec, batch_size=batch_size)
     if Path(spec).exists():
@@ -50,10 +54,14 @@ def import_callable(spec: str, where: str | None = None) -> Callable:
     where = where or f"reward {spec}"
     module_name, attr = spec.split(":", 1)
     try:
-        module = _import(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as e:
         raise UserError(where, f"cannot import module '{module_name}' ({e})",
-                        "make it importable (install it or run from its folder)") from e
+                        "make it importable: install it, or put its folder on PYTHONPATH (PYTHONPATH=. for the "
+                        "working directory, which is not searched implicitly)") from None
+    except Exception as e:  # noqa: BLE001 — the module's own code failed while importing (SyntaxError, …)
+        raise UserError(where, f"importing module '{module_name}' raised {type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0][:200]}", "fix the module") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -64,14 +72,3 @@ def import_callable(spec: str, where: str | None = None) -> Callable:
         raise UserError(where, f"'{attr}' is not callable", "name a function f(prompts, completions)")
     return obj
 
-
-def _import(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        # A console script does not put the working directory on sys.path; a user's my_rewards.py lives there.
-        cwd = os.getcwd()
-        if e.name != module_name.split(".")[0] or cwd in sys.path:
-            raise
-        sys.path.append(cwd)
-        return importlib.import_module(module_name)

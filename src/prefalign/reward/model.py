@@ -35,18 +35,27 @@ class ModelReward(RewardFn):
     """Scores pairs with a sequence-classification reward model loaded from ``path``."""
 
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 16, max_length: int | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, use_safetensors: bool | None = None):
         super().__init__(batch_size)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from prefalign.model import check_weights, safetensors_only
+
         path = Path(path)
         self.name = str(path)
+        strict = safetensors_only(use_safetensors)  # None: PREFALIGN_SAFETENSORS_ONLY
+        try:
+            check_weights(str(path), strict)
+        except UserError as e:
+            raise UserError(f"reward {path}", e.what, e.todo) from None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise UserError(f"reward {path}", f"cannot load a sequence-classification model ({e})".replace("\n", " "),
-                            "pass a folder saved with save_pretrained (config.json, weights, tokenizer)") from e
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype,
+                                                                            use_safetensors=True if strict else None)
+        except Exception as e:  # noqa: BLE001 — OSError, ValueError, a truncated file's SafetensorError, …
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"reward {path}", f"cannot load a sequence-classification model ({text})",
+                            "pass a folder saved with save_pretrained (config.json, weights, tokenizer)") from None
         if self.model.config.num_labels != 1:
             raise UserError(f"reward {path}", f"the model has num_labels={self.model.config.num_labels}",
                             "a reward model must output one score (num_labels=1)")

@@ -1,5 +1,8 @@
 """Supervised fine-tuning rows, TRL's SFT formats unchanged: ``text`` (plain language modelling), ``messages`` (a
 conversation; the loss is on assistant turns), or ``prompt``/``completion`` without a label (plain or chat).
+A conversation's turns must be in order (no two user or two assistant turns in a row: each assistant turn is
+trained after the generation prompt that follows the turns before it, which inference renders only after a user
+or tool turn).
 
 Every row becomes one sequence ``prompt | completion`` plus a 0/1 mark per completion token saying whether the loss
 counts it. The split is in token space: for ``messages`` each assistant turn's span is where the rendering of the
@@ -82,6 +85,8 @@ class SFT(RowKind):
                 return {}, [("wrong type", f"{where}: field 'messages': expected a list of messages, got "
                              f"{type(msgs).__name__}")]
             problems = v._messages(where, "messages", msgs)
+            if not problems:  # each assistant turn is trained after the turns before it, as inference renders them
+                problems = v.turn_order(where, "messages", msgs, assistant_runs=False)
             if not problems and not any(m["role"] == "assistant" for m in msgs):
                 problems = [("no assistant turn", f"{where}: field 'messages': has no assistant turn to train on")]
             return {"messages": msgs}, problems
