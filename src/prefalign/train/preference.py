@@ -110,14 +110,16 @@ class Preference(Method):
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        n, sums = len(self.eval_examples), {}
+        n, sums, rows = len(self.eval_examples), {}, {}
         offset = len(self.examples)  # eval rows follow train rows in the precompute cache
         for s in range(0, n, self.cfg.batch_size):
             idx = list(range(s, min(n, s + self.cfg.batch_size)))
             out, _, _ = self.forward(self.batch(idx, self.eval_examples, offset), grad=False)
             for k, v in {"loss": out.loss.item(), **out.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx) / n
-        return sums
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+                rows[k] = rows.get(k, 0) + len(idx)
+        # A metric a batch leaves out (e.g. a side with no rows) is averaged over the batches that report it.
+        return {k: v / rows[k] for k, v in sums.items()}
 
     # --- state ---------------------------------------------------------------------------------------------------
     def state(self) -> dict:
