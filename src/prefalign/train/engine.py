@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -238,13 +239,25 @@ class Engine:
             try:
                 ckpt.save_checkpoint(self.out / "checkpoints", params, optim, self.sched.state_dict(),
                                      {"step": step, "objective": self.method.state()}, self.cfg.save_total_limit)
-            except OSError as e:
-                done = ckpt.list_checkpoints(self.out / "checkpoints")
-                kept = f"the previous checkpoint {done[-1].name} is intact" if done else "no earlier checkpoint"
-                raise UserError(str(self.out), f"writing the step-{step} checkpoint failed ({e.strerror or e})",
-                                f"free disk space and resume with --resume; {kept}") from None
+            except Exception as e:  # noqa: BLE001 — a full disk surfaces as OSError, RuntimeError or SafetensorError
+                if not write_failed(e):
+                    raise
+                raise self._write_error(f"writing the step-{step} checkpoint", e) from None
             maybe_fault("after_checkpoint", step)
         self.acc.wait_for_everyone()
+
+    def _write_error(self, what: str, e: Exception) -> UserError:
+        """One line: what failed and why, which checkpoint is intact, how to continue."""
+        done = ckpt.list_checkpoints(self.out / "checkpoints")
+        kept = f"the checkpoint {done[-1].name} is intact" if done else "no checkpoint was written yet"
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        try:
+            free = shutil.disk_usage(self.out).free
+            if free < 16 * 2**20:  # say so when the disk is (nearly) full: torch's own message does not
+                why = f"disk full: {free // 1024} KiB free; {why}"
+        except OSError:
+            pass
+        return UserError(str(self.out), f"{what} failed ({why})", f"free disk space and rerun with --resume; {kept}")
 
     def _resume(self) -> int:
         done = ckpt.list_checkpoints(self.out / "checkpoints")
@@ -265,11 +278,29 @@ class Engine:
                        "method": self.method.name,
                        **self.method.summary(), "nan_skipped": health.skipped, "warnings": sorted(health.warned),
                        **final}
-            self.method.save_final(model, self.out)
             tmp = self.out / (FINISHED_MARKER + ".tmp")
-            tmp.write_text(json.dumps(summary, indent=1))
-            os.replace(tmp, self.out / FINISHED_MARKER)
+            try:
+                self.method.save_final(model, self.out)
+                tmp.write_text(json.dumps(summary, indent=1))
+                os.replace(tmp, self.out / FINISHED_MARKER)
+            except Exception as e:  # noqa: BLE001 — see _checkpoint
+                if not write_failed(e):
+                    raise
+                for partial in (tmp, self.out / ".final.tmp", self.out / ".merged.tmp"):
+                    shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+                raise self._write_error("writing the final model", e) from None
         self.acc.wait_for_everyone()
+
+
+def write_failed(e: BaseException) -> bool:
+    """Whether an exception from a write is the disk's doing (full, read-only, I/O error): OSError itself, or the
+    RuntimeError / SafetensorError that torch.save and safetensors wrap ENOSPC in."""
+    if isinstance(e, OSError):
+        return True
+    msg = str(e).lower()
+    # torch.save's zip writer reports a short write as "unexpected pos A vs B" (inline_container.cc).
+    return any(k in msg for k in ("no space left", "file write failed", "storagefull", "errno 28", "i/o error",
+                                  "read-only file system", "ioerror", "unexpected pos", "inline_container"))
 
 
 class Interrupted(Exception):
