@@ -204,15 +204,15 @@ class _MeanEntropy(objectives.Objective):
 def test_objective_gets_its_feature_through_the_forward_step(tiny_tok):
     """The training loop's forward step (train/forward.py) serves the toy objective's request: the view holds
     ``chosen_test_entropy`` / ``rejected_test_entropy`` and the loss equals the naive mean entropy."""
+    from prefalign.data import kinds
     from prefalign.reference import Reference
     from prefalign.train import forward
-    from prefalign.train.views import view_for
 
     model = tiny_model(tiny_tok, seed=1)
     exs = _examples(len(tiny_tok), MIXED)
     batch = collate_pairs(exs, tiny_tok.pad_token_id, "shared_prefix")
     obj = _MeanEntropy()
-    out, pol, ref = forward.forward(obj, obj.needs(), model, Reference("none"), batch, view_for(obj.row_kind),
+    out, pol, ref = forward.forward(obj, obj.needs(), model, Reference("none"), batch, kinds.get(obj.row_kind).view,
                                     chunk_size=3, grad=False)
     assert ref is None and "test_entropy" in pol.features
     want = []

@@ -18,8 +18,10 @@ from .test_resume_and_dist import _cli
 
 
 def _mount(path, size: str, remount: bool = False) -> bool:
-    opts = f"remount,size={size}" if remount else f"size={size}"
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True).returncode == 0
+    # A remount names only the mount point (with a source and -t, mount stacks a second tmpfs on top instead).
+    args = ["mount", "-o", f"remount,size={size}", str(path)] if remount else \
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    return subprocess.run(args, capture_output=True).returncode == 0
 
 
 @pytest.mark.slow
@@ -49,4 +51,8 @@ def test_checkpoint_on_a_full_disk_then_resume(tiny_model_dir, tmp_path):
         a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(disk / "run" / "model.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        for _ in range(3):  # lazily if still busy, so the tmpfs never outlives the test
+            if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+            if str(disk) not in open("/proc/mounts").read():
+                break

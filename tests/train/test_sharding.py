@@ -39,7 +39,9 @@ def test_fsdp_two_processes_equal_one(tiny_model_dir, tmp_path, lora):
     from transformers import AutoModelForCausalLM
 
     data = write_pairs(tmp_path / "d.jsonl", n=16)
-    kw = dict(max_steps=2, adam_epsilon=1e-4, lora=lora, lora_r=4, learning_rate=1e-2 if lora else 1e-3)
+    # max_grad_norm far below the gradient norm: clipping is active, so the sharded clip is compared too.
+    kw = dict(max_steps=2, adam_epsilon=1e-4, lora=lora, lora_r=4, learning_rate=1e-2 if lora else 1e-3,
+              max_grad_norm=1e-3)
     save(config(tiny_model_dir, data, tmp_path / "one", batch_size=4, **kw), tmp_path / "one.yaml")
     save(config(tiny_model_dir, data, tmp_path / "two", batch_size=2, sharding="fsdp", **kw), tmp_path / "two.yaml")
     _cli(tmp_path / "one.yaml")
@@ -54,6 +56,8 @@ def test_fsdp_two_processes_equal_one(tiny_model_dir, tmp_path, lora):
     assert lora or not torch.equal(a["model.norm.weight"], base["model.norm.weight"])  # it trained
     la, lb = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert [round(m["loss"], 5) for m in la] == [round(m["loss"], 5) for m in lb]
+    assert all(m["grad_norm"] > 1e-3 for m in lb)  # the clip really scaled the gradients
+    assert [m["grad_norm"] for m in lb] == pytest.approx([m["grad_norm"] for m in la], rel=1e-4)
     if lora:
         from peft import PeftModel
 

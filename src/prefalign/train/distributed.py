@@ -108,22 +108,25 @@ def _is_dtensor(t) -> bool:
 
 def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     """The global gradient norm (clipped to ``max_norm`` > 0), over sharded (DTensor) and plain gradients alike."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
         return 0.0
-    if not any(_is_dtensor(g) for g in grads):  # unsharded: exactly torch's own
+    sharded = [p for p in with_grad if _is_dtensor(p.grad)]
+    plain = [p for p in with_grad if not _is_dtensor(p.grad)]
+    if not sharded:  # unsharded: exactly torch's own
         if max_norm > 0:
-            return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
-        return float(torch.norm(torch.stack([g.detach().norm() for g in grads])))
-    sq = torch.zeros((), dtype=torch.float32, device=grads[0].device)
-    for g in grads:
-        n = g.detach().float().norm() ** 2
-        sq = sq + (n.full_tensor() if _is_dtensor(n) else n)  # a DTensor norm reduces across its shards
-    total = sq.sqrt()
+            return float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in plain]))
+    # One reduction for all sharded gradients (a DTensor norm), then the plain ones (the objective's own modules,
+    # replicated), combined: torch's foreach kernels refuse lists mixing DTensors and tensors.
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor()]
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in plain]).to(norms[0].device))
+    total = torch.nn.utils.get_total_norm(norms)
     if max_norm > 0:
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # the same rule as torch.nn.utils.clip_grad_norm_
-        for g in grads:
-            g.detach().mul_(coef.to(g.device))
+        for group in (sharded, plain):  # parameters, separately, for the same reason
+            if group:
+                torch.nn.utils.clip_grads_with_norm_(group, max_norm, total.to(group[0].device))
     return float(total)
 
 

@@ -11,8 +11,6 @@ summed log-probs [S], or None (reference-free).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from prefalign.objectives import JudgedLogps, PairLogps, PointLogps, SampleLogps
@@ -106,13 +104,3 @@ def to_judged_logps(pol, ref, batch) -> JudgedLogps:
                        mask=pol.mask[:b], extras=batch.extras,
                        features=_named(_all_features(pol, ref), sequence_data(batch), split))
 
-
-VIEWS: dict[str, Callable] = {"paired": to_pair_logps, "revision": to_pair_logps, "unpaired": to_point_logps,
-                              "samples": to_sample_logps, "judgment": to_judged_logps}
-
-
-def view_for(row_kind: str) -> Callable:
-    """The view ``(policy SeqLogps, reference result, batch) → objective input`` of a row kind."""
-    if row_kind not in VIEWS:
-        raise ValueError(f"no view for {row_kind} rows; known: {', '.join(VIEWS)}")
-    return VIEWS[row_kind]
