@@ -111,10 +111,13 @@ def pairs_from_rows(rows: list[dict], reward=None, min_gap: float = 0.0,
     width = max(len(c) for c in completions)
     if reward is not None:
         from prefalign.reward import load_reward
+        from prefalign.reward.base import expand_columns
 
         reward = load_reward(reward)
         flat = [(p, c) for p, cs in zip(prompts, completions) for c in cs]
-        scores = reward([p for p, _ in flat], [c for _, c in flat]).tolist()
+        # The rows' other fields (an ``answer`` for ``math``) reach the reward as columns.
+        columns = expand_columns(rows, [len(cs) for cs in completions])
+        scores = reward([p for p, _ in flat], [c for _, c in flat], columns=columns).tolist()
         per_row, pos = [], 0
         for cs in completions:
             per_row.append(scores[pos : pos + len(cs)])
