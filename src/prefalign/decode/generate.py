@@ -4,8 +4,8 @@ Every decoding-time method here is "some streams + a rule that turns their next-
 
 - a ``Stream`` is one model reading one batch of contexts, holding its own KV cache;
 - ``token_loop`` prefills every stream, then each step calls ``logits_fn(StepState) -> scores [B, V]``, picks
-  a token per row (argmax at temperature 0, else top-p sampling from softmax(scores / T)) and feeds it to
-  every stream.
+  a token per row (argmax at temperature 0, else top-k / top-p sampling from softmax(scores / T)) and feeds it
+  to every stream.
 
 Plain sampling is one stream and the identity rule, so best-of-n samples through the same loop as DeRa,
 Linear Alignment and ARGS (and is checked against ``model.generate`` in the tests).
@@ -41,6 +41,7 @@ class GenOptions:
     chat: bool | None = None  # render prompts with the chat template; None = when the tokenizer has one
     system: str | None = None  # optional system message for every prompt
     progress: str = ""  # a progress bar with this label over the prompts ("" = none)
+    top_k: int = 0  # keep the k highest scores before top-p (ties at the k-th kept, as transformers); 0 = off
 
     def problems(self, greedy_ok: bool = True) -> list[str]:
         """What is out of range, as ``--flag``-named phrases (empty when all is well); the one place the sampling
@@ -56,6 +57,8 @@ class GenOptions:
             out.append(f"--temperature must be {'>= 0 (0 = greedy)' if greedy_ok else '> 0'}, got {t!r}")
         if not isinstance(self.top_p, (int, float)) or not (0 < self.top_p <= 1):  # NaN fails too
             out.append(f"--top-p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        if not _int_at_least(self.top_k, 0):
+            out.append(f"--top-k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _int_at_least(self.seed, 0) or self.seed >= 2**63:
             out.append(f"--seed must be an integer in [0, 2^63), got {self.seed!r}")
         return out
@@ -169,6 +172,16 @@ def new_cache(model):
         return DynamicCache()
 
 
+def expand_cache(cache, repeats: int) -> None:
+    """Repeat every row of a filled KV cache ``repeats`` times in place, row b becoming rows b·r … b·r + r − 1
+    (``DynamicCache.batch_repeat_interleave``): continuations of one prefilled context share its computation."""
+    if repeats == 1:
+        return
+    if not hasattr(cache, "batch_repeat_interleave"):
+        raise TypeError(f"cannot expand a {type(cache).__name__} cache (no batch_repeat_interleave)")
+    cache.batch_repeat_interleave(repeats)
+
+
 class Stream:
     """One model reading one batch of left-padded contexts, with its own KV cache (a ``DynamicCache``).
 
@@ -213,6 +226,13 @@ class Stream:
         positions = self.mask.sum(-1, keepdim=True) - 1  # [B, 1]
         return self._forward(tokens[:, None], positions)
 
+    def expand(self, repeats: int) -> None:
+        """After ``prefill``: each of the B rows becomes ``repeats`` consecutive rows (B·r), cache included, so
+        r continuations of a context continue from one prefill."""
+        expand_cache(self.cache, repeats)
+        self.input_ids = self.input_ids.repeat_interleave(repeats, dim=0)  # [B·r, T]
+        self.mask = self.mask.repeat_interleave(repeats, dim=0)  # [B·r, T]
+
 
 def top_p_mask(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """[B, V] bool: the smallest set of tokens whose softmax mass reaches ``top_p`` (always >= 1 token)."""
@@ -224,18 +244,48 @@ def top_p_mask(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
+def top_k_mask(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[B, V] bool: scores at least the k-th highest (ties at the k-th are kept, as in transformers); 0 = all."""
+    if top_k <= 0 or top_k >= scores.shape[-1]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = scores.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
+    return scores >= kth
+
+
+def sampling_scores(scores: torch.Tensor, temperature: float, top_p: float, top_k: int = 0) -> torch.Tensor:
+    """[B, V] logits of the sampling distribution (temperature > 0): scores / T, then top-k, then top-p on the
+    top-k renormalised softmax (transformers' order); dropped tokens are −inf."""
+    scaled = scores / temperature
+    if top_k > 0:
+        scaled = scaled.masked_fill(~top_k_mask(scaled, top_k), float("-inf"))
+    if top_p < 1.0:  # (an all-True mask would only cost a [B, V] pass)
+        scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
+    return scaled
+
+
+def pick_with_logq(scores: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+                   top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] tokens, [B] their log q) from scores [B, V], filtering once: ``pick_tokens`` and ``token_logq`` in one."""
+    if temperature <= 0:
+        tokens = scores.argmax(-1)
+        return tokens, torch.zeros(tokens.shape, dtype=scores.dtype, device=scores.device)  # a point mass
+    filtered = sampling_scores(scores, temperature, top_p, top_k)  # [B, V]
+    tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator)[:, 0]
+    return tokens, torch.log_softmax(filtered, dim=-1).gather(-1, tokens[:, None])[:, 0]
+
+
 def pick_tokens(scores: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """[B] next tokens from scores [B, V]: argmax at temperature 0, else top-p sampling at that temperature."""
+                generator: torch.Generator | None, top_k: int = 0) -> torch.Tensor:
+    """[B] next tokens from scores [B, V]: argmax at temperature 0, else top-k / top-p sampling at that
+    temperature."""
     if temperature <= 0:
         return scores.argmax(-1)
-    scaled = scores / temperature
-    scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)  # [B, V]
+    probs = torch.softmax(sampling_scores(scores, temperature, top_p, top_k), dim=-1)  # [B, V]
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def token_logq(scores: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def token_logq(scores: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float,
+               top_k: int = 0) -> torch.Tensor:
     """[B] log-prob of ``tokens`` under the distribution ``pick_tokens`` drew them from (0 when greedy).
 
     Summed over a row this is log q(y | x) of the decoding policy itself, so KL(q ‖ π_ref) of any per-token
@@ -243,9 +293,8 @@ def token_logq(scores: torch.Tensor, tokens: torch.Tensor, temperature: float, t
     """
     if temperature <= 0:
         return torch.zeros(tokens.shape, dtype=scores.dtype, device=scores.device)
-    scaled = scores / temperature
-    scaled = scaled.masked_fill(~top_p_mask(scaled, top_p), float("-inf"))
-    return torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
+    filtered = sampling_scores(scores, temperature, top_p, top_k)
+    return torch.log_softmax(filtered, dim=-1).gather(-1, tokens[:, None])[:, 0]
 
 
 def make_stop_fn(tokenizer, stop: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -265,28 +314,40 @@ def make_stop_fn(tokenizer, stop: Sequence[str]) -> Callable[[torch.Tensor], tor
 @torch.no_grad()
 def token_loop(streams: list[Stream], logits_fn: LogitsFn, opts: GenOptions, eos: Sequence[int], pad: int,
                generator: torch.Generator | None = None, stop_fn=None,
-               logq: torch.Tensor | None = None) -> torch.Tensor:
+               logq: torch.Tensor | None = None, step_logq: list[torch.Tensor] | None = None,
+               all_done: Callable[[bool], bool] | None = None) -> torch.Tensor:
     """Decode up to ``opts.max_new_tokens`` tokens; returns generated ids [B, t] (pad after a row ends).
 
-    ``logq`` [B], if given, accumulates each live row's log q(token) under the sampling distribution.
+    ``logq`` [B], if given, accumulates each live row's log q(token) under the sampling distribution;
+    ``step_logq``, if given, gets one [B] tensor per step (0 on ended rows): the per-token log q.
+    ``all_done(local_done) -> bool`` decides when to stop early (default: when every local row has ended); with
+    several processes that must run the same number of forward passes (FSDP) it is a collective "all ranks done".
+    ``opts.top_k`` (when the options have one) restricts sampling to the k highest scores.
     """
     logits = [s.prefill() for s in streams]
     batch, device = logits[0].shape[0], logits[0].device
     generated = torch.zeros((batch, 0), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
+    top_k = getattr(opts, "top_k", 0)
     for t in range(opts.max_new_tokens):
         scores = logits_fn(StepState(step=t, logits=logits, generated=generated, done=done))  # [B, V]
-        tokens = pick_tokens(scores, opts.temperature, opts.top_p, generator)  # [B]
+        tokens, lq = pick_with_logq(scores, opts.temperature, opts.top_p, generator, top_k)  # [B] each
+        lq = torch.where(done, 0.0, lq)
         if logq is not None:
-            logq += torch.where(done, 0.0, token_logq(scores, tokens, opts.temperature, opts.top_p)).to(logq)
+            logq += lq.to(logq)
+        if step_logq is not None:
+            step_logq.append(lq)
         tokens = torch.where(done, torch.full_like(tokens, pad), tokens)
         generated = torch.cat([generated, tokens[:, None]], dim=-1)
         done = done | torch.isin(tokens, eos_t)
         if stop_fn is not None:
             done = done | stop_fn(generated)
-        if bool(done.all()) or t + 1 == opts.max_new_tokens:
-            break  # (no forward pass for logits nobody reads)
+        if t + 1 == opts.max_new_tokens:
+            break  # (no forward pass for logits nobody reads; every process stops here, no collective needed)
+        local = bool(done.all())
+        if all_done(local) if all_done is not None else local:
+            break
         logits = [s.step(tokens) for s in streams]
     return generated
 
