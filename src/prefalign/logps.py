@@ -171,10 +171,12 @@ def _token_kl(c: Chunk) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _chunk_fn(x, weight, bias, targets, context, grad_specs, nograd_specs):
+def _chunk_fn(x, weight, bias, targets, context, grad_specs, nograd_specs, temperature=1.0):
     """Target log-probs [C] and every requested reducer's outputs for one chunk. ``x`` is the hidden states [C, H]
     (``weight`` given: plain linear head) or the model's logits [C, V] (fallback, ``weight`` None)."""
     logits = (F.linear(x, weight, bias) if weight is not None else x).float()  # [C, V]; fp32 for a stable logsumexp
+    if temperature != 1.0:  # online RL scores samples under the distribution they were drawn from
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)  # [C]
     tgt = logits.gather(1, targets[:, None]).squeeze(1) - lse  # [C]; the same ops whatever the features
     chunk = Chunk(logits, lse, targets, context)
@@ -228,9 +230,11 @@ def head_of(model) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def sequence_logps(model, batch, chunk_size: int = 1024, features: Iterable[str | Feature] = (),
-                   context: dict[str, Any] | None = None) -> SeqLogps:
+                   context: dict[str, Any] | None = None, temperature: float = 1.0) -> SeqLogps:
     """Per-token and summed log-probs of the completion tokens named by ``batch.scoring``, plus the requested
-    per-token ``features`` (see the module docstring), each [S, T, ...] in ``SeqLogps.features``."""
+    per-token ``features`` (see the module docstring), each [S, T, ...] in ``SeqLogps.features``. ``temperature``
+    divides the logits first (log-probs of the tempered distribution a sampler drew from; reducers see those
+    logits too)."""
     lm, sc = _causal_lm(model), batch.scoring
     features = [Feature.of(f) for f in features]
     specs = [(reducer(f.name), dict(f.params)) for f in features]
@@ -265,7 +269,7 @@ def sequence_logps(model, batch, chunk_size: int = 1024, features: Iterable[str 
     for s in range(0, max(x.shape[0], 1), chunk_size):  # at least one (possibly empty) chunk: output shapes
         ctx = {k: v[s : s + chunk_size] if isinstance(v, torch.Tensor) else v for k, v in context.items()}
         parts.append(_chunk(_chunk_fn, x[s : s + chunk_size], weight, bias, sc.target[s : s + chunk_size], ctx,
-                            grad_specs, nograd_specs))
+                            grad_specs, nograd_specs, temperature))
     flat = [torch.cat(col) for col in zip(*parts)]  # [M, ...] per output, scoring order
     shape, idx = (sc.num_seqs, sc.width), (sc.seq, sc.slot)
     grid = lambda v: v.new_zeros(shape + v.shape[1:]).index_put(idx, v)  # noqa: E731  [S, T, ...]

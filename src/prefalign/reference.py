@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from prefalign.logps import Feature, head_of, sequence_logps
@@ -120,13 +121,49 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
 
 
 def load_cache(path: Path) -> torch.Tensor | None:
+    """The cached values as stored (unchecked); None when there is no file. ``read_cache`` checks them."""
     if not path.exists():
         return None
     return load_file(str(path))["ref_logps"]  # [num_examples, 2]
 
 
-def save_cache(path: Path, values: torch.Tensor) -> None:
+def _digest(values: torch.Tensor) -> str:
+    return hashlib.blake2b(values.contiguous().view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def read_cache(path: Path, key: str, rows: int) -> tuple[torch.Tensor | None, str | None]:
+    """``(values, None)`` for a sound cache file of ``key`` with ``rows`` rows; ``(None, what is wrong)`` for a
+    truncated or garbled file, another key's, the wrong shape or dtype, values that do not match their stored
+    checksum, or a file written without these checks (an older prefalign)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            values = f.get_tensor("ref_logps") if "ref_logps" in f.keys() else None
+    except Exception as e:  # noqa: BLE001 — safetensors reports a damaged file in several ways
+        return None, f"not a readable safetensors file: {(str(e).splitlines() or [type(e).__name__])[0][:80]}"
+    if values is None:
+        return None, "it holds no ref_logps tensor"
+    if tuple(values.shape) != (rows, 2) or values.dtype != torch.float32:
+        return None, f"its values are {str(values.dtype)[6:]} {list(values.shape)}, expected float32 [{rows}, 2]"
+    if "fingerprint" not in meta or "digest" not in meta:
+        return None, "it was written without a fingerprint and checksum (by an older prefalign)"
+    if meta["fingerprint"] != key:
+        return None, f"it is the cache of another fingerprint ({meta['fingerprint'][:12]}…)"
+    if _digest(values) != meta["digest"]:
+        return None, "its values do not match their checksum"
+    return values, None
+
+
+def save_cache(path: Path, values: torch.Tensor, key: str | None = None) -> None:
+    """Written to a temp file and renamed (a half-written cache is never read; a failed write leaves no temp
+    file), with the fingerprint ``key`` (the name's, by default) and a checksum of the values."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"ref_logps": values.contiguous()}, str(tmp))
-    os.replace(tmp, path)  # atomic: a half-written cache is never read
+    values = values.float().contiguous()
+    key = key or path.name.removeprefix("ref-logps-").removesuffix(".safetensors")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"ref_logps": values}, str(tmp), metadata={"fingerprint": key, "digest": _digest(values)})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

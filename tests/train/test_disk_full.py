@@ -5,7 +5,6 @@ space is freed (the tmpfs grown) ``--resume`` finishes with the same weights as 
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import torch
@@ -15,13 +14,8 @@ from prefalign.train.config import save
 
 from .helpers import config, write_pairs
 from .test_resume_and_dist import _cli
-
-
-def _mount(path, size: str, remount: bool = False) -> bool:
-    # A remount names only the mount point (with a source and -t, mount stacks a second tmpfs on top instead).
-    args = ["mount", "-o", f"remount,size={size}", str(path)] if remount else \
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
-    return subprocess.run(args, capture_output=True).returncode == 0
+from .tmpfs import mount as _mount
+from .tmpfs import unmount
 
 
 @pytest.mark.slow
@@ -51,8 +45,4 @@ def test_checkpoint_on_a_full_disk_then_resume(tiny_model_dir, tmp_path):
         a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(disk / "run" / "model.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     finally:
-        for _ in range(3):  # lazily if still busy, so the tmpfs never outlives the test
-            if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-            if str(disk) not in open("/proc/mounts").read():
-                break
+        unmount(disk)

@@ -294,3 +294,25 @@ def collate_completions(prompt_ids: list[list[int]], completion_ids: list[list[i
     rows = [[(list(p), -1, -1), (list(c), 0, i)] for i, (p, c) in enumerate(zip(prompt_ids, completion_ids))]
     ids, mask, pos, scoring, real = _build(rows, len(rows), pad_id, False, None)
     return SeqBatch(ids, mask, pos, scoring, real, list(range(len(rows))))
+
+
+def collate_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], group_size: int, pad_id: int,
+                   layout: str = "shared_prefix", pack: bool = False) -> SeqBatch:
+    """Online RL's groups: P prompts × G completions (completion n answers prompt n // G). ``shared_prefix`` puts
+    each prompt once and its G completions after it in one row (each completion sees the prompt and itself), so the
+    prompt runs once per group in forward and backward; ``separate`` gives every (prompt, completion) its own row.
+    Sequence n of the scoring plan is completion n either way, and the log-probs are the same."""
+    if len(completion_ids) != len(prompt_ids) * group_size:
+        raise ValueError(f"{len(prompt_ids)} prompts × {group_size} need {len(prompt_ids) * group_size} "
+                         f"completions, got {len(completion_ids)}")
+    if layout == "shared_prefix":
+        rows = [[(list(p), -1, -1)] + [(list(completion_ids[i * group_size + k]), 0, i * group_size + k)
+                                       for k in range(group_size)] for i, p in enumerate(prompt_ids)]
+    elif layout == "separate":
+        rows = [[(list(prompt_ids[n // group_size]), -1, -1), (list(c), 0, n)] for n, c in enumerate(completion_ids)]
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    if pack:
+        rows = _pack(rows)
+    ids, mask, pos, scoring, real = _build(rows, len(completion_ids), pad_id, layout != "separate" or pack, None)
+    return SeqBatch(ids, mask, pos, scoring, real, list(range(len(prompt_ids))))

@@ -24,15 +24,18 @@ FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "sta
 
 
 def save_checkpoint(folder: Path, params: dict[str, torch.Tensor], optimizer: dict, scheduler: dict, state: dict,
-                    keep: int) -> Path:
+                    keep: int, tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write full CPU tensors (the engine gathers sharded ones first): trainable parameters by name, the optimizer's
-    and scheduler's state dicts, the RNG and ``state``."""
+    and scheduler's state dicts, the RNG and ``state``; ``tensors``: a method's tensor state (``method.safetensors``,
+    e.g. online RL's rollout buffer)."""
     final = folder / f"step-{state['step']}"
     tmp = folder / f"step-{state['step']}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         _write(tmp, params, optimizer, scheduler, state)
+        if tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / METHOD_TENSORS))
     except BaseException:  # OSError, KeyboardInterrupt (a second SIGINT), …: never leave a half-written folder
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -51,6 +54,21 @@ def _write(tmp: Path, params: dict, optimizer: dict, scheduler: dict, state: dic
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _fsync_dir(tmp)
+
+
+METHOD_TENSORS = "method.safetensors"
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's method tensors ({} when it has none)."""
+    f = path / METHOD_TENSORS
+    if not f.is_file():
+        return {}
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001 — a damaged file: the same advice as for the rest of the checkpoint
+        raise UserError(str(path), f"checkpoint is corrupted ({str(e).splitlines()[0][:120]})",
+                        "delete this checkpoint folder to resume from the previous one") from None
 
 
 def remove_partial(folder: Path) -> list[Path]:

@@ -17,47 +17,8 @@ from typing import Any, Union
 import yaml
 
 from prefalign.errors import UserError
-
-# Help-screen headers, in the order `prefalign train --help` prints them.
-GROUPS = {
-    "model": "model",
-    "data": "data",
-    "objective": "objective",
-    "sft": "SFT (method: sft)",
-    "reference": "reference",
-    "lora": "LoRA",
-    "optimisation": "optimisation",
-    "distributed": "distributed (several processes)",
-    "output": "output, logging, checkpoints",
-}
-
-
-def _m(group: str, help: str, choices: tuple | None = None, range: str | None = None,
-       items: tuple | None = None) -> dict:
-    """A field's metadata: its one-line help, its --help group and (optionally) its allowed values (``choices``),
-    its numeric range (``range``: ``">= 0"``, ``"> 0"``, ``"[0, 1)"``, …; for a list, of every item) and the
-    allowed values of a list's items (``items``). ``check`` enforces all of them, in one place."""
-    assert group in GROUPS, group
-    assert range is None or _parse_range(range), range
-    extra = {"choices": choices, "range": range, "items": items}
-    return {"help": help, "group": group, **{k: v for k, v in extra.items() if v}}
-
-
-def _parse_range(rule: str) -> tuple[float, float, bool, bool]:
-    """``">= a"`` / ``"> a"`` / ``"<= b"`` / ``"[a, b)"`` … → (low, high, low included, high included)."""
-    rule = rule.strip()
-    for op in (">=", ">", "<=", "<"):
-        if rule.startswith(op):
-            x = float(rule[len(op):])
-            return (x, math.inf, op == ">=", False) if op[0] == ">" else (-math.inf, x, False, op == "<=")
-    lo, hi = rule[1:-1].split(",")
-    return float(lo), float(hi), rule[0] == "[", rule[-1] == "]"
-
-
-def in_range(value: float, rule: str) -> bool:
-    lo, hi, lo_in, hi_in = _parse_range(rule)
-    return (lo < value or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
-
+from prefalign.online.config import OnlineFields
+from prefalign.train.fields import GROUPS, _m, _parse_range, in_range  # noqa: F401  (re-exported)
 
 # ``report_to`` backends MetricsLogger knows.
 REPORT_BACKENDS = ("tensorboard", "wandb")
@@ -67,7 +28,7 @@ PATH_FIELDS = ("model", "tokenizer", "data", "eval_data", "reference_cache_dir",
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(OnlineFields):
     # --- model -------------------------------------------------------------------------------------------------
     model: str = field(default="", metadata=_m(
         "model", "local folder (or hub name when online) of the causal LM to train"))
@@ -99,15 +60,17 @@ class TrainConfig:
     method: str = field(default="auto", metadata=_m(
         "objective", "kind of training: preference (offline pairs / unpaired rows, the objectives), sft "
         "(supervised fine-tuning on TRL's SFT rows: text, messages, prompt/completion); auto: sft when "
-        "objective is 'sft' and the rows are SFT rows, else preference", ("auto", "preference", "sft")))
+        "objective is 'sft' and the rows are SFT rows, else preference; reward (a reward model: objective names "
+        "its loss, `prefalign reward train`); online (RL from a reward: objective names the algorithm)",
+        ("auto", "preference", "sft", "reward", "online")))
     objective: str | list = field(default="dpo", metadata=_m(
         "objective", "objective name (`prefalign objectives` lists them), or a list of names summed with "
         "objective_weights"))
     objective_weights: list | None = field(default=None, metadata=_m(
         "objective", "one weight per objective of a list (each >= 0); null: 1.0 each", range=">= 0"))
     beta: float = field(default=0.1, metadata=_m(
-        "objective", "β (> 0) of every objective that has one (strength of the pull towards the reference)",
-        range="> 0"))
+        "objective", "β (>= 0) of every objective that has one (strength of the pull towards the reference; > 0 "
+        "offline; online RL: 0 turns the KL term off and loads no reference)", range=">= 0"))
     objective_args: dict = field(default_factory=dict, metadata=_m(
         "objective", "other hyperparameters: {name: value}, or per objective {objective: {name: value}}"))
     # --- SFT ---------------------------------------------------------------------------------------------------
@@ -311,6 +274,15 @@ def _flat_beta(cfg: TrainConfig) -> bool:
     return "beta" in cfg.objective_args
 
 
+def _online(cfg: TrainConfig) -> bool:
+    """Whether the config trains online RL (method online, or auto with an online algorithm's name)."""
+    if cfg.method != "auto":
+        return cfg.method == "online"
+    from prefalign.online import algos
+
+    return isinstance(cfg.objective, str) and cfg.objective in algos.names()
+
+
 def _has_eval(cfg: TrainConfig) -> bool:
     return bool(cfg.eval_data) or cfg.eval_fraction > 0
 
@@ -329,6 +301,8 @@ CONFLICTS: tuple[Conflict, ...] = (
              "warmup_steps and warmup_ratio are both set", "give one of them"),
     Conflict(("eval_steps",), lambda c: c.eval_steps > 0 and not _has_eval(c),
              "eval_steps is set but there is no eval data", "set eval_data or eval_fraction, or drop eval_steps"),
+    Conflict(("beta", "method"), lambda c: c.beta == 0 and not _online(c),
+             "beta is 0: an offline objective needs β > 0", "set beta > 0 (β = 0 is for online RL: method: online)"),
     Conflict(("beta", "objective_args"), lambda c: _flat_beta(c),
              "beta is given twice: as the beta field and in objective_args", "set it with beta: X (a different β "
              "for one objective of a list: objective_args: {name: {beta: X}})"),
@@ -519,4 +493,15 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def save(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Written to ``.<name>.tmp`` and renamed: a full disk leaves the previous file whole and no temp file."""
+    import os
+
+    path = Path(path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

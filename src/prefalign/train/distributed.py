@@ -20,17 +20,26 @@ import torch
 from prefalign.errors import UserError
 from prefalign.logps import sequence_logps
 
+# A method whose model is scored by something other than completion log-probs (a reward model's pooled scores)
+# names its forward function on the model it builds: ``model.prefalign_forward = fn``, ``fn(model, batch, **kw)``.
+FORWARD_ATTR = "prefalign_forward"
+
 
 class Scorer(torch.nn.Module):
-    """The policy (and the objective's own trainable modules) as one module: forward(batch) = ``sequence_logps``."""
+    """The trained model (and the objective's own trainable modules) as one module whose forward is the method's
+    computation: ``forward_fn(lm, batch, **kw)`` — given here, else the model's ``prefalign_forward``, else
+    ``sequence_logps`` (every log-prob method)."""
 
-    def __init__(self, lm: torch.nn.Module, extra: torch.nn.Module | None = None):
+    def __init__(self, lm: torch.nn.Module, extra: torch.nn.Module | None = None, forward_fn=None):
         super().__init__()
         self.lm = lm
         self.extra = extra  # registered so DDP/FSDP sync its gradients too (it is called inside the objective)
+        self.forward_fn = forward_fn or getattr(lm, FORWARD_ATTR, None) or sequence_logps
 
-    def forward(self, batch, **kw):
-        return sequence_logps(self.lm, batch, **kw)
+    def forward(self, batch, run=None, **kw):
+        if run is not None:  # a whole computation on the model inside this forward (FSDP: the root stays gathered)
+            return run(self.lm)
+        return self.forward_fn(self.lm, batch, **kw)
 
 
 def sharding_mode(cfg, acc) -> str:

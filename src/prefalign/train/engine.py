@@ -73,7 +73,10 @@ class Engine:
         method.setup(self)  # data first (every bad row before any model), then the model(s)
         self.global_batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
         per_epoch = math.ceil(method.num_examples / self.global_batch)
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_epochs * per_epoch))
+        # A method may take several optimizer steps per batch (online RL's μ updates per rollout).
+        per_batch = getattr(method, "updates_per_batch", 1)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_epochs * per_epoch)
+                                                                         * per_batch)
         self.sharding = dist.sharding_mode(cfg, self.acc)
         if self.acc.is_main_process:
             self.log(dist.describe(self.sharding, self.acc, cfg))
@@ -133,11 +136,28 @@ class Engine:
         cfg, acc = self.cfg, self.acc
         start = self._resume() if cfg.resume else 0
         if acc.is_main_process:
-            fresh_output_dir(self.out, cfg)
-            save(cfg, self.out / "config.yaml")
-            self.method.save_inputs(self.out)
+            what = "writing run_config.json"
+            try:
+                fresh_output_dir(self.out, cfg)
+                what = "writing config.yaml"
+                save(cfg, self.out / "config.yaml")
+                what = "writing preprocess_report.json"
+                self.method.save_inputs(self.out)
+            except Exception as e:  # noqa: BLE001 — see _checkpoint
+                if not write_failed(e):
+                    raise
+                if cfg.resume:  # the checkpoints and the files written before are untouched (atomic writes)
+                    raise self._write_error(what, e) from None
+                from prefalign.train.setup import clear_output_dir
+
+                error = self._write_error(what, e, "free disk space and run the same command again (the output "
+                                          "folder was left empty: there is nothing to resume)")
+                clear_output_dir(self.out)  # a folder whose first files did not fit is no run: left empty
+                raise error from None
         acc.wait_for_everyone()
-        logger = MetricsLogger(self.out, cfg.report_to, to_dict(cfg), acc.is_main_process, resume_step=start)
+        # A metrics write that fails (a full disk) stops the run like a checkpoint write: one line, no torn line.
+        logger = MetricsLogger(self.out, cfg.report_to, to_dict(cfg), acc.is_main_process, resume_step=start,
+                               on_error=self._write_error)
         health = HealthMonitor(self.warmup, warn=self.log)
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not (cfg.progress and
                    acc.is_main_process), dynamic_ncols=True)
@@ -238,7 +258,8 @@ class Engine:
             maybe_fault("before_checkpoint", step)
             try:
                 ckpt.save_checkpoint(self.out / "checkpoints", params, optim, self.sched.state_dict(),
-                                     {"step": step, "objective": self.method.state()}, self.cfg.save_total_limit)
+                                     {"step": step, "objective": self.method.state()}, self.cfg.save_total_limit,
+                                     tensors=self._method_tensors())
             except Exception as e:  # noqa: BLE001 — a full disk surfaces as OSError, RuntimeError or SafetensorError
                 if not write_failed(e):
                     raise
@@ -246,18 +267,20 @@ class Engine:
             maybe_fault("after_checkpoint", step)
         self.acc.wait_for_everyone()
 
-    def _write_error(self, what: str, e: Exception) -> UserError:
-        """One line: what failed and why, which checkpoint is intact, how to continue."""
+    def _method_tensors(self) -> dict:
+        """Tensor state a method keeps between steps (online RL's rollout buffer), checkpointed exactly."""
+        fn = getattr(self.method, "state_tensors", None)
+        return fn() if fn is not None else {}
+
+    def _write_error(self, what: str, e: Exception, todo: str | None = None) -> UserError:
+        """One line: what failed and why (``disk full: N KiB free`` when it is), which checkpoint is intact, how
+        to continue (``todo`` instead when given)."""
+        from prefalign.train.setup import write_reason
+
         done = ckpt.list_checkpoints(self.out / "checkpoints")
         kept = f"the checkpoint {done[-1].name} is intact" if done else "no checkpoint was written yet"
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
-        try:
-            free = shutil.disk_usage(self.out).free
-            if free < 16 * 2**20:  # say so when the disk is (nearly) full: torch's own message does not
-                why = f"disk full: {free // 1024} KiB free; {why}"
-        except OSError:
-            pass
-        return UserError(str(self.out), f"{what} failed ({why})", f"free disk space and rerun with --resume; {kept}")
+        return UserError(str(self.out), f"{what} failed ({write_reason(e, self.out)})",
+                         todo or f"free disk space and rerun with --resume; {kept}")
 
     def _resume(self) -> int:
         done = ckpt.list_checkpoints(self.out / "checkpoints")
@@ -267,6 +290,8 @@ class Engine:
         state = ckpt.load_checkpoint(done[-1], self._named_trainable(), self.opt, self.sched)
         dist.reshard_optimizer_state(self.opt)
         self.method.load_state(state.get("objective", {}))  # BCO's running δ
+        if hasattr(self.method, "load_state_tensors"):
+            self.method.load_state_tensors(ckpt.load_tensors(done[-1]))
         self.log(f"resuming from {done[-1]} (step {state['step']})")
         return state["step"]
 
@@ -293,14 +318,10 @@ class Engine:
 
 
 def write_failed(e: BaseException) -> bool:
-    """Whether an exception from a write is the disk's doing (full, read-only, I/O error): OSError itself, or the
-    RuntimeError / SafetensorError that torch.save and safetensors wrap ENOSPC in."""
-    if isinstance(e, OSError):
-        return True
-    msg = str(e).lower()
-    # torch.save's zip writer reports a short write as "unexpected pos A vs B" (inline_container.cc).
-    return any(k in msg for k in ("no space left", "file write failed", "storagefull", "errno 28", "i/o error",
-                                  "read-only file system", "ioerror", "unexpected pos", "inline_container"))
+    """Whether an exception from a write is the disk's doing (``prefalign.train.setup.write_failed``)."""
+    from prefalign.train import setup
+
+    return setup.write_failed(e)
 
 
 class Interrupted(Exception):

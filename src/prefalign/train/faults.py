@@ -1,7 +1,8 @@
 """Fault injection for tests: ``PREFALIGN_FAULT=<point>:<step>[:<signal>]`` kills the process there.
 
-Points: ``accumulated`` (gradients accumulated, before the optimizer step), ``after_step``,
-``before_checkpoint``, ``mid_checkpoint`` (files partly written), ``after_checkpoint``.
+Points: ``rollout`` (online RL: completions sampled, not yet scored), ``accumulated`` (gradients accumulated, before
+the optimizer step), ``after_step``, ``before_checkpoint``, ``mid_checkpoint`` (files partly written),
+``after_checkpoint``.
 ``PREFALIGN_FAULT=nan:<step>`` instead makes that step's loss NaN. Unset in normal use.
 """
 

@@ -214,6 +214,7 @@ def check_lora_targets(model: torch.nn.Module, targets) -> None:
 
 
 _METHODS: dict[str, type[Method]] = {}
+BUILTIN_METHODS = ("prefalign.train.preference", "prefalign.train.sft", "prefalign.online.method")
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -222,12 +223,24 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def select(cfg) -> Method:
-    """The method for ``cfg.method``; ``auto`` is sft for ``objective: sft`` on SFT rows, preference otherwise."""
-    from prefalign.train import preference, sft  # noqa: F401  (register the built-in methods)
+    """The method for ``cfg.method``; ``auto`` is sft for ``objective: sft`` on SFT rows, online for an online
+    algorithm's name (grpo, rloo, …), preference otherwise."""
+    import importlib
+
+    for module in BUILTIN_METHODS:  # register the built-in methods (each module's @register)
+        importlib.import_module(module)
+    from prefalign.train import sft
 
     name = cfg.method
     if name == "auto":
-        name = "sft" if cfg.objective == "sft" and sft.looks_like_sft(cfg.data) else "preference"
+        from prefalign.online import algos
+
+        if cfg.objective == "sft" and sft.looks_like_sft(cfg.data):
+            name = "sft"
+        elif isinstance(cfg.objective, str) and cfg.objective in algos.names():
+            name = "online"
+        else:
+            name = "preference"
     if name not in _METHODS:
         raise UserError("config", f"unknown method '{name}'", f"use one of: auto, {', '.join(sorted(_METHODS))}")
     return _METHODS[name](cfg)

@@ -280,7 +280,8 @@ def read_run_config(out: Path) -> dict:
         where = str(out / "config.yaml")
         values = {k: v for k, v in load_yaml(where).items() if k not in ("resume", "overwrite")}
         return result_fingerprint(from_dict(values, where))
-    raise UserError(str(out), "nothing to resume (no run_config.json)", "run without --resume first")
+    raise UserError(str(out), "nothing to resume: no checkpoint and no run_config.json here", "run without "
+                    "--resume first")
 
 
 def check_output_dir(cfg: TrainConfig, inputs: bool = True) -> Path:
@@ -323,17 +324,62 @@ def fresh_output_dir(out: Path, cfg: TrainConfig) -> None:
     """A new run: the folder emptied (the lock file kept), ``checkpoints/`` made and ``run_config.json`` written
     with the inputs' fingerprints. A resumed run keeps both (``run_config.json`` rebuilt only when missing)."""
     if not cfg.resume:
-        for p in _contents(out):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        clear_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     saved = out / "run_config.json"
     if cfg.resume and saved.is_file():
         return
     record = {**result_fingerprint(cfg), INPUTS_KEY: _digests(input_fingerprints(cfg))}
-    tmp = saved.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, saved)
+    write_atomic(saved, json.dumps(record, indent=1))
+
+
+def clear_output_dir(out: Path) -> None:
+    """Remove everything in the output folder but the lock file (a new run; or one whose first files did not fit
+    on the disk: such a folder is no run, and is left empty, as a fresh run can start in it again)."""
+    for p in _contents(out):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` to ``path`` through ``.<name>.tmp`` and a rename: a reader (or a full disk) never leaves half a
+    file, and the temp file is removed when the write fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- writes that fail: a full disk, a read-only or failing filesystem ---------------------------------------
+def write_failed(e: BaseException) -> bool:
+    """Whether an exception from a write is the disk's doing (full, read-only, I/O error): OSError itself, or the
+    RuntimeError / SafetensorError that torch.save and safetensors wrap ENOSPC in."""
+    if isinstance(e, OSError):
+        return True
+    msg = str(e).lower()
+    # torch.save's zip writer reports a short write as "unexpected pos A vs B" (inline_container.cc).
+    return any(k in msg for k in ("no space left", "file write failed", "storagefull", "errno 28", "i/o error",
+                                  "read-only file system", "ioerror", "unexpected pos", "inline_container"))
+
+
+def write_reason(e: BaseException, where: Path | str) -> str:
+    """Why a write failed, in a few words: the system's reason (``No space left on device``; the first line of
+    torch's or safetensors' message otherwise), led by ``disk full: N KiB free`` when the filesystem of ``where``
+    (or of its nearest existing parent) has under 16 MiB left, which torch's own message does not say."""
+    msg = str(e)
+    why = getattr(e, "strerror", None) or ("No space left on device" if "no space left" in msg.lower() else
+                                           (msg.splitlines() or [type(e).__name__])[0][:120])
+    anc = Path(os.path.abspath(where))
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        free = shutil.disk_usage(anc).free
+    except OSError:
+        return why
+    return f"disk full: {free // 1024} KiB free; {why}" if free < 16 * 2**20 else why
 
 
 # --- one run per output folder --------------------------------------------------------------------------------
@@ -372,8 +418,15 @@ class OutputLock:
                 if same:
                     break
                 os.close(fd)  # the file was removed by its previous owner between open and flock
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as e:
+                # A full disk: the flock holds all the same (a second run names no PID), and the run's first
+                # real write says that the disk is full and what is intact.
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    os.close(fd)
+                    raise
             self.fd = fd
         except OSError as e:
             raise UserError(str(self.out), f"cannot create the output folder's lock file ({e.strerror or e})",
