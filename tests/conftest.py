@@ -11,6 +11,12 @@ from tests.deprecation_guard import no_deprecation_from_prefalign  # noqa: F401 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker (and its subprocesses), so two
+    os.environ["OMP_NUM_THREADS"] = "1"  # workers share 2 cores instead of oversubscribing them ×2
+
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from prefalign.train.config import TrainConfig, save
 from prefalign.train.loop import train
+from tests.launch import accelerate_launch
 
 REWARD = "tests.online.rewards_stub:vowels"
 
@@ -160,13 +161,23 @@ def test_two_processes_train(tiny_model_dir, tmp_path, sharding):
                memory_probe=False, batch_size=1, max_new_tokens=5)
     save(cfg, tmp_path / "c.yaml")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
-                        "prefalign", "train", "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True,
-                       env=env, timeout=600)
+    p = subprocess.run([*accelerate_launch(2), "-m", "prefalign", "train", "--config", str(tmp_path / "c.yaml")],
+                       capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     done = json.loads((tmp_path / "o" / "run_complete.json").read_text())
     assert done["processes"] == 2 and done["sharding"] == sharding
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "o")
+
+
+def test_lora_policy_with_the_adapter_as_reference(tiny_model_dir, tmp_path):
+    """LoRA: the reference is the base model with the adapter off (no second model); at the first rollout the
+    policy is the reference, so every KL estimator reads 0; the adapter is what is saved."""
+    cfg = _cfg(tiny_model_dir, _prompts(tmp_path / "p.jsonl"), tmp_path / "o", lora=True, lora_r=4, beta=0.04,
+               max_steps=2, memory_probe=False)
+    out = train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl/k3"] == pytest.approx(0.0, abs=1e-7) and rows[0]["kl/k1"] == pytest.approx(0.0, abs=1e-7)
+    assert json.loads((out / "run_complete.json").read_text())["reference"] == "adapter"
+    assert (out / "adapter_model.safetensors").exists()

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefalign.train.config import save
+from tests.launch import accelerate_launch
 
 from .helpers import config, read_metrics, write_pairs
 
@@ -65,9 +66,7 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path):
     save(two, tmp_path / "two.yaml")
     _cli(tmp_path / "one.yaml")
     # On a CPU-only machine accelerate starts several processes only through its torchrun path (--multi_gpu).
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "-m", "prefalign", "train", "--config", str(tmp_path / "two.yaml")])
+    _run([*accelerate_launch(2), "-m", "prefalign", "train", "--config", str(tmp_path / "two.yaml")])
     assert json.loads((tmp_path / "two" / "run_complete.json").read_text())["processes"] == 2
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "model.safetensors"))

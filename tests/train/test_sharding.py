@@ -10,13 +10,13 @@ AdamW steps, far inside the tolerance — while a wrong gradient scale or a miss
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from prefalign.train.config import save
+from tests.launch import accelerate_launch
 
 from .helpers import config, read_metrics, write_pairs
 from .test_resume_and_dist import _cli, _run
@@ -24,9 +24,7 @@ from .test_resume_and_dist import _cli, _run
 
 def _launch(cfg_path, *extra, env=None, check=True):
     # On a CPU-only machine accelerate starts several processes only through its torchrun path (--multi_gpu).
-    return _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                 "-m", "prefalign", "train", "--config", str(cfg_path), *extra], env, check)
+    return _run([*accelerate_launch(2), "-m", "prefalign", "train", "--config", str(cfg_path), *extra], env, check)
 
 
 def _weights(out, lora: bool) -> dict[str, torch.Tensor]:
