@@ -66,7 +66,8 @@ def test_new_fields_defaults_and_groups():
     cfg = TrainConfig()
     assert (cfg.method, cfg.completion_only_loss, cfg.sharding, cfg.mixed_precision) == ("auto", True, "none", "no")
     meta = {f.name: f.metadata for f in FIELDS}
-    assert meta["method"]["choices"] == ("auto", "preference", "sft") and meta["method"]["group"] == "objective"
+    assert meta["method"]["choices"] == ("auto", "preference", "sft", "reward", "online")
+    assert meta["method"]["group"] == "objective"
     assert meta["completion_only_loss"]["group"] == "sft"
     assert meta["sharding"]["choices"] == ("none", "ddp", "fsdp") and meta["sharding"]["group"] == "distributed"
     assert meta["mixed_precision"]["choices"] == ("no", "bf16") and meta["mixed_precision"]["group"] == "distributed"
@@ -86,7 +87,8 @@ def test_train_help_lists_every_field_with_type_and_default_under_its_group(caps
     text = _train_help(capsys, monkeypatch, columns)
     assert "--config" in text and "--skip-invalid" in text  # the argparse options are still there
     entries = _entries(text)
-    assert list(entries) == [f.name for f in FIELDS]
+    order = list(GROUPS)  # every field once, under its group's header, groups in --help order
+    assert list(entries) == [f.name for f in sorted(FIELDS, key=lambda f: order.index(f.metadata["group"]))]
     for d in describe_fields():
         header, entry = entries[d["name"]]
         assert header == f"{GROUPS[d['group']]}:", d["name"]
