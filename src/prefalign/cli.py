@@ -224,6 +224,12 @@ def _decode(args, rest: list[str]) -> int:
     return run(args, rest)
 
 
+def _reward(args, rest: list[str]) -> int:
+    from prefalign.reward.cli import run
+
+    return run(args, rest)
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -236,6 +242,7 @@ COMMANDS = {
     "evaluate": (_evaluate, "compare a policy with its reference: reward, win rate, KL, best-of-n, report"),
     "decode": (_decode, "decoding-time alignment: best-of-n, ARGS, DeRa, Linear Alignment, DAEMON"),
     "demo": (_demo, "align SmolLM2-135M towards positive sentiment on a CPU, offline, in minutes"),
+    "reward": (_reward, "train and evaluate reward models (prefalign reward train | eval | losses)"),
 }
 
 SAMPLE_HELP = """Sample n completions per prompt (temperature 1 by default), batched and seeded.
@@ -384,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prefalign.decode.cli import add_parser as add_decode_parser
 
     add_decode_parser(sub)
+    from prefalign.reward.cli import add_parser as add_reward_parser
+
+    add_reward_parser(sub)
     d = sub.add_parser("demo", help=COMMANDS["demo"][1], description=DEMO_HELP, formatter_class=raw)
     d.add_argument("--quick", action="store_true", help="a smaller run (~2 minutes)")
     d.add_argument("--sweep", action="store_true", help="train several β values and draw their frontier")
@@ -403,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "train":
+    if rest and args.command != "train" and not getattr(args, "field_flags", False):  # reward train: fields too
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     debug = args.debug or "--debug" in argv
     try:

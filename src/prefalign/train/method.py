@@ -214,7 +214,8 @@ def check_lora_targets(model: torch.nn.Module, targets) -> None:
 
 
 _METHODS: dict[str, type[Method]] = {}
-BUILTIN_METHODS = ("prefalign.train.preference", "prefalign.train.sft", "prefalign.online.method")
+BUILTIN_METHODS = ("prefalign.train.preference", "prefalign.train.sft", "prefalign.reward.method",
+                   "prefalign.online.method")
 
 
 def register(cls: type[Method]) -> type[Method]:
