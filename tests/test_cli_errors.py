@@ -87,7 +87,8 @@ def test_first_20_problems_and_total(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("args,expected", [
     (["--bta", "0.2"], "unknown option '--bta' (did you mean '--beta'?)"),
-    (["--beta", "0"], "'beta' must be > 0"),
+    (["--beta", "0"], "an offline objective needs β > 0"),
+    (["--beta", "-1"], "'beta' must be >= 0"),
     (["--beta", "abc"], "'beta' must be float"),
     (["--learning_rate", "-1"], "'learning_rate' must be >= 0"),
     (["--objective", "dpoo"], "unknown objective 'dpoo' (did you mean 'dpo'?)"),
