@@ -58,12 +58,13 @@ class Reference:
 
     @torch.no_grad()
     def logps(self, batch, policy=None, token_level: bool = False,
-              features: Iterable[str | Feature] = (), score=None) -> RefLogps | None:
+              features: Iterable[str | Feature] = (), score=None, temperature: float = 1.0) -> RefLogps | None:
         """Reference log-probs of the batch's sequences (chosen rows then rejected rows): summed, per-token with
         ``token_level``, and the requested per-token ``features`` (registered reducers of logps.py, e.g.
         ``"states"``, ``"hidden"``). None for kind ``none``. ``score(batch, **kw)``: the policy's wrapped log-prob
         module (DDP/FSDP), which ``adapter`` runs with the adapter off — under FSDP only its forward gathers the
-        shards."""
+        shards. ``temperature``: log-probs of the tempered distribution (online RL scores samples at the sampling
+        temperature, the policy's and the reference's alike)."""
         features = tuple(features)
         if self.kind == "none":
             return None
@@ -75,9 +76,9 @@ class Reference:
             return RefLogps(batch.ref_logps)
         with self._model(policy) as model:
             if score is not None and self.kind == "adapter":
-                out = score(batch, chunk_size=self.chunk_size, features=features)
+                out = score(batch, chunk_size=self.chunk_size, features=features, temperature=temperature)
             else:
-                out = sequence_logps(model, batch, self.chunk_size, features=features)
+                out = sequence_logps(model, batch, self.chunk_size, features=features, temperature=temperature)
         return RefLogps(out.seq_logps, out.token_logps if token_level else None, out.features)
 
     def head(self, policy=None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -136,7 +136,6 @@ def test_kill9_then_resume_is_bit_identical(tiny_model_dir, tmp_path, fault, mu)
     ({"objective_args": {"epsilonn": 0.3}}, "no hyperparameter 'epsilonn'"),
     ({"beta": 0.1, "reference": "none"}, "needs a live reference"),
     ({"reward": "no_such_module_xyz:f"}, "cannot import module"),
-    ({"objective": "onpo"}, "cannot be trained by the engine yet"),
     ({"reward": "0.5*vader +"}, "reward"),
 ])
 def test_bad_online_configs_are_one_line_errors(tiny_model_dir, tmp_path, change, needle, capsys):
@@ -181,3 +180,15 @@ def test_lora_policy_with_the_adapter_as_reference(tiny_model_dir, tmp_path):
     assert rows[0]["kl/k3"] == pytest.approx(0.0, abs=1e-7) and rows[0]["kl/k1"] == pytest.approx(0.0, abs=1e-7)
     assert json.loads((out / "run_complete.json").read_text())["reference"] == "adapter"
     assert (out / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_reference_log_probs_are_at_the_sampling_temperature(tiny_model_dir, tmp_path, lora):
+    """temperature 0.7: the reference (copy, or the adapter off) scores the samples under the same tempered
+    distribution as the policy, so at the first rollout every KL estimator is 0 (at temperature 1 for the
+    reference, k1 would read log π_T − log π_1 ≠ 0)."""
+    cfg = _cfg(tiny_model_dir, _prompts(tmp_path / "p.jsonl"), tmp_path / "o", beta=0.04, temperature=0.7,
+               max_steps=1, memory_probe=False, lora=lora, lora_r=4)
+    out = train(cfg)
+    m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(m["kl/k1"]) < 1e-6 and abs(m["kl/k3"]) < 1e-6

@@ -60,14 +60,30 @@ def rollout_metrics(buf: dict, parts: dict, G: int, reduce: Callable, warn: Call
     def token_mean(x: torch.Tensor) -> float:
         return float(reduce((x.double() * mask).sum().reshape(1))[0]) / max(tokens, 1.0)
 
-    if "ref_logp" in buf and "old_logp" in buf:
-        from prefalign.online.kl import kl_per_token
-
-        for est in ("k1", "k2", "k3"):
-            out[f"kl/{est}"] = token_mean(kl_per_token(buf["old_logp"], buf["ref_logp"], est))
     if "old_logp" in buf:
-        out["sampler/logq_gap"] = token_mean((buf["logq"] - buf["old_logp"]).abs())
+        out.update({k: token_mean(v) for k, v in _per_token(buf["old_logp"], buf["logq"], buf.get("ref_logp")).items()})
     adv = buf["advantages"]
     adv_seq = adv if adv.dim() == 1 else (adv * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     out["advantage_std"] = _global_mean_std(adv_seq, reduce)[1]
     return out
+
+
+def _per_token(logp: torch.Tensor, logq: torch.Tensor | None, ref_logp: torch.Tensor | None) -> dict:
+    """[N, T] per-token KL by each estimator (with a reference) and the sampler-vs-trainer gap."""
+    out = {}
+    if ref_logp is not None:
+        from prefalign.online.kl import kl_per_token
+
+        out.update({f"kl/{e}": kl_per_token(logp, ref_logp, e) for e in ("k1", "k2", "k3")})
+    if logq is not None:
+        out["sampler/logq_gap"] = (logq - logp).abs()
+    return out
+
+
+def sampling_metrics(logp: torch.Tensor, logq: torch.Tensor | None, ref_logp: torch.Tensor | None,
+                     mask: torch.Tensor) -> dict[str, float]:
+    """The same per-token diagnostics from a micro-batch of the first update of a rollout, where the policy is still
+    the sampling policy (GRPO without an extra rollout pass): token means over this micro-batch."""
+    m = mask.to(logp.dtype)
+    n = m.sum().clamp(min=1)
+    return {k: float((v.to(logp.dtype) * m).sum() / n) for k, v in _per_token(logp, logq, ref_logp).items()}

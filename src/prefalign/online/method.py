@@ -28,9 +28,9 @@ import torch
 
 from prefalign.data.batch import collate_groups
 from prefalign.errors import UserError
-from prefalign.online import algos
+from prefalign.online import algos, hooks
 from prefalign.online import features as _features  # noqa: F401  (registers entropy / value reducers)
-from prefalign.online.diagnostics import rollout_metrics
+from prefalign.online.diagnostics import rollout_metrics, sampling_metrics
 from prefalign.train.faults import maybe_fault
 from prefalign.train.method import Method, MicroBatch, register
 
@@ -66,14 +66,17 @@ class Online(Method):
         self.algo = build_algorithm(cfg)
         if self.algo.not_trainable:
             raise UserError("config", f"online algorithm '{self.algo.name}' cannot be trained by the engine yet: "
-                            f"{self.algo.not_trainable}", "use grpo, rloo, reinforce_pp, ppo, online_dpo or fdpg")
+                            f"{self.algo.not_trainable}", "use one of: " + ", ".join(algos.names()))
         self.needs = self.algo.needs()
         if cfg.reward is None:
             raise UserError("config", "method: online needs a reward", "set reward: vader, module:function, a "
                             "reward-model folder or a verifiable reward such as math")
         if self.algo.needs().reference and cfg.reference in ("none", "precompute"):
-            raise UserError("config", f"online RL with a KL term (beta {cfg.beta}) needs a live reference, not "
-                            f"reference: {cfg.reference}", "use reference: auto, copy or adapter, or set beta: 0")
+            secondary = hooks.role(self.algo) == "secondary"
+            what = "its secondary iterate" if secondary else f"a KL term (beta {cfg.beta})"
+            raise UserError("config", f"online RL with {what} needs a live reference, not reference: "
+                            f"{cfg.reference}", "use reference: auto, copy or adapter" + ("" if secondary else
+                                                                                          ", or set beta: 0"))
         self.pairs = None
         if self.needs.pairs:  # online DPO & co: a pairwise objective on pairs picked from each rollout
             from prefalign.online.pairs import PairTrainer
@@ -103,17 +106,19 @@ class Online(Method):
         kind = "none"
         if self.use_reference:
             kind = cfg.reference if cfg.reference in ("copy", "adapter") else ("adapter" if cfg.lora else "copy")
-        self.reference = Reference(kind, model, cfg.log_prob_chunk_size)
+        self.model = model
+        self.reference = hooks.build_reference(self) or Reference(kind, model, cfg.log_prob_chunk_size)
         if self.needs.value_head:
             from prefalign.online.features import ValueHead
 
             self.extra_module = ValueHead(model.config.hidden_size).to(engine.acc.device)
         self.rewards = Rewards(cfg.reward, cfg.reward_weights, device=str(engine.acc.device))
-        self.model = model
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         from prefalign.decode.generate import eos_ids
 
         self.eos = eos_ids(self.tokenizer, model)
+        if hasattr(self.algo, "setup"):  # hooks.py: the algorithm's running state (SEA's ensemble)
+            self.algo.setup(self)
 
     # --- the rollout ---------------------------------------------------------------------------------------------
     def _prompts_of(self, r: int) -> list[int]:
@@ -154,16 +159,20 @@ class Online(Method):
                "truncated": torch.tensor(samples.truncated, dtype=torch.bool), "logq": samples.logq_tensor(),
                "prompt_index": torch.tensor(mine, dtype=torch.long)}
         buf.update({f"reward/{k}": v.float() for k, v in parts.items()})
-        self._score_rollout(buf, examples)
-        ro = algos.Rollout(rewards=buf["rewards"], group=buf["group"], mask=buf["mask"],
-                           old_logp=buf.get("old_logp", buf["logq"]), ref_logp=buf.get("ref_logp"),
-                           values=buf.get("values"), truncated=buf["truncated"], reduce=self._reduce)
+        feats = self._score_rollout(buf, examples)
+        if hasattr(self.algo, "judge"):  # hooks.py: the scores trained on (ONPO's win rates); rewards stay logged
+            buf["scores"] = self.algo.judge(buf["rewards"], buf["group"]).float()
+        ro = hooks.RolloutPlus(rewards=buf.get("scores", buf["rewards"]), group=buf["group"], mask=buf["mask"],
+                               old_logp=buf.get("old_logp", buf["logq"]), ref_logp=buf.get("ref_logp"),
+                               values=buf.get("values"), truncated=buf["truncated"], reduce=self._reduce,
+                               features=feats, index=r, seed=cfg.seed, rank=rank, world=world)
         out = self.algo.advantages(ro)
         buf["advantages"] = out.pop("advantages").float()
         if "returns" in out:
             buf["returns"] = out.pop("returns").float()
         buf.update({f"extra/{k}": v for k, v in out.items() if isinstance(v, torch.Tensor)})
         self.metrics = rollout_metrics(buf, parts, G, self._reduce, self.warn)
+        self.metrics.update({k: v for k, v in out.items() if isinstance(v, float)})  # the algorithm's own
         self._log_samples(r, examples, texts, buf)
         return buf
 
@@ -195,30 +204,43 @@ class Online(Method):
         torch.distributed.all_reduce(t)
         return t.cpu()
 
-    def _score_rollout(self, buf: dict, examples) -> None:
-        """The per-token quantities of the sampled ids at rollout time, micro-batch by micro-batch (no gradient)."""
-        want_old = self.mu > 1 or self.needs.reference
-        if not (want_old or self.needs.reference or self.needs.value_head):
-            return
+    def _score_rollout(self, buf: dict, examples) -> torch.Tensor | None:
+        """The per-token quantities of the sampled ids at rollout time, micro-batch by micro-batch (no gradient);
+        returns the last-token hidden states [N, H] when the algorithm ``wants_features`` (hooks.py), else None."""
+        want_old = self.mu > 1 or self.needs.old_logp
+        want_feat = getattr(self.algo, "wants_features", False)
+        if not (want_old or self.needs.reference or self.needs.value_head or want_feat):
+            return None
         n, width = buf["ids"].shape
         out = {k: torch.zeros(n, width) for k in PER_TOKEN[:3]}
+        last = None
+        need_policy = want_old or self.needs.value_head or want_feat  # GRPO with a KL: the reference pass only
         for chunk in self._chunks(buf, examples):
+            w = chunk.batch.scoring.width
+            if self.needs.reference:
+                ref = self.reference.logps(chunk.batch, self.model, token_level=True, score=self._ref_score_plain,
+                                           temperature=self.cfg.temperature)
+                out["ref_logp"][chunk.n0 : chunk.n1, :w] = ref.token_logps.float().cpu()
+            if not need_policy:
+                continue
             feats, ctx = self._value_request()
+            feats = (*feats, "hidden") if want_feat else feats
             pol = self.engine.score(chunk.batch, chunk_size=self.cfg.log_prob_chunk_size,
                                     temperature=self.cfg.temperature, features=feats, context=ctx)
-            w = pol.token_logps.shape[1]
+            if want_feat:
+                h = hooks.last_token(pol.features["hidden"], pol.mask).float().cpu()  # [n, H]
+                last = h.new_zeros(n, h.shape[1]) if last is None else last
+                last[chunk.n0 : chunk.n1] = h
             out["old_logp"][chunk.n0 : chunk.n1, :w] = pol.token_logps.float().cpu()
             if "value" in pol.features:
                 out["values"][chunk.n0 : chunk.n1, :w] = pol.features["value"].float().cpu()
-            if self.needs.reference:
-                ref = self.reference.logps(chunk.batch, self.model, token_level=True, score=self._ref_score)
-                out["ref_logp"][chunk.n0 : chunk.n1, :w] = ref.token_logps.float().cpu()
         if want_old:
             buf["old_logp"] = out["old_logp"]
         if self.needs.reference:
             buf["ref_logp"] = out["ref_logp"]
         if self.needs.value_head:
             buf["values"] = out["values"]
+        return last
 
     def _ref_score_plain(self, batch, **kw):
         return self.engine.score(batch, **kw)
@@ -328,7 +350,8 @@ class Online(Method):
         extra = {k[6:]: v[c.n0 : c.n1] for k, v in buf.items() if k.startswith("extra/")}
         b = algos.PolicyBatch(logp=logp, old_logp=old, mask=pol.mask, advantages=adv,
                               group=buf["group"][c.n0 : c.n1].to(logp.device),
-                              rewards=buf["rewards"][c.n0 : c.n1].to(logp.device), ref_logp=sl("ref_logp"),
+                              rewards=buf.get("scores", buf["rewards"])[c.n0 : c.n1].to(logp.device),
+                              ref_logp=sl("ref_logp"),
                               values=pol.features.get("value"), old_values=sl("values"), returns=sl("returns"),
                               entropy=ent, extra=extra)
         per_token, metrics = self.algo.loss(b)
@@ -337,6 +360,8 @@ class Online(Method):
         loss = total / max(n_units, 1e-12)  # this micro-batch's mean; the engine weights it by its global share
         if ent is not None:
             metrics["entropy"] = float((ent.detach() * pol.mask).sum() / pol.mask.sum().clamp(min=1))
+        if "old_logp" not in buf and step % self.mu == 0:  # the rollout skipped the policy pass: read them here
+            metrics.update(sampling_metrics(logp.detach(), sl("logq"), sl("ref_logp"), pol.mask))
         return loss, {**getattr(self, "metrics", {}), **metrics}
 
     # --- eval, state, logs ---------------------------------------------------------------------------------------
@@ -375,15 +400,23 @@ class Online(Method):
             self.algo.load_state(state["algorithm"])
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The rollout buffer, checkpointed so a resume between the μ updates of a rollout uses its samples."""
+        """The rollout buffer, checkpointed so a resume between the μ updates of a rollout uses its samples; the
+        algorithm's tensor state and a secondary reference's (hooks.py)."""
+        out = hooks.collect_tensors(self)
         if self.buffer is None or self.mu == 1:
-            return {}
-        return {k: v.contiguous() for k, v in self.buffer.items()}
+            return out
+        return {**out, **{k: v.contiguous() for k, v in self.buffer.items()}}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = hooks.restore_tensors(self, tensors)
         self.buffer = dict(tensors) if tensors else None
         if self.buffer is None:
             self.buffer_id = -1
+
+    def after_step(self, step: int) -> None:
+        """The engine's call after each optimizer step: the algorithm's own update (ONPO's secondary iterate)."""
+        if hasattr(self.algo, "after_update"):
+            self.algo.after_update(self, step)
 
     def snapshot(self):
         return self.state(), self.buffer

@@ -17,6 +17,14 @@ ordinary pairwise objective — DPO/IPO/SLiC — from ``prefalign.objectives``):
   (a clash; oat can then draw y₂ at random, ``random_on_clash``).
 - ``passive_duel`` (oat's ``EnnPassive``: the first two candidates, i.e. two samples of the policy) and
   ``uniform_duel`` (two distinct candidates at random), the baselines; ``best_response``: argmax of the mean reward.
+- ``label_duels``: the oracle's verdict on each duel from the configured reward (the higher reward wins; a tie, an
+  unjudged candidate or a clash y₁ = y₂ gives no label).
+- ``EnsembleLearner``: the ensemble with its own Adam (oat: ``rm_lr`` 1e-3, L2 ``rm_wd`` 5e-5) and a replay buffer of
+  every labelled duel; ``learn`` takes ``rm_sgd_steps`` steps, each on ``rm_batch_size`` duels drawn uniformly from
+  the buffer (oat ``EnnEETS.learn`` on its ``UniformBuffer``, ``train_bs`` 128), N = all queries so far. Its whole
+  state (weights, anchor, Adam moments, buffer, N) round-trips through ``state_tensors`` / ``load_state_tensors``.
+
+The registered online algorithm ``sea`` (``online/algos/sea.py``) wires these into the engine.
 
 Shapes: features [P, G, H] (P prompts, G candidates); rewards [E, P, G]; duels ([P], [P]) long.
 """
@@ -117,3 +125,82 @@ def uniform_duel(num_prompts: int, num_candidates: int,
 def best_response(rewards: torch.Tensor) -> torch.Tensor:
     """argmax over candidates of the ensemble-mean reward, [E, P, G] → [P] (oat ``get_best_action``)."""
     return rewards.mean(0).argmax(-1)
+
+
+def label_duels(rewards: torch.Tensor, first: torch.Tensor,
+                second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The oracle on duels: rewards [P, G] (NaN: not judged), duel indices [P] each → (winner [P], loser [P],
+    labelled [P] bool). The higher reward wins; equal rewards, an unjudged side, or y₁ = y₂ give no label (the winner
+    and loser are then y₁ and y₂ as given)."""
+    rows = torch.arange(rewards.shape[0])
+    r1, r2 = rewards[rows, first], rewards[rows, second]
+    ok = (first != second) & ~torch.isnan(r1) & ~torch.isnan(r2) & (r1 != r2)
+    first_wins = r1 > r2
+    return torch.where(first_wins, first, second), torch.where(first_wins, second, first), ok
+
+
+class EnsembleLearner:
+    """The reward ensemble, its optimizer and its replay buffer of labelled duels (features of winner and loser)."""
+
+    def __init__(self, in_dim: int, num_heads: int = 20, hidden: int = 128, lr: float = 1e-3,
+                 weight_decay: float = 5e-5, lam: float = 0.5, sgd_steps: int = 5, batch_size: int = 128,
+                 buffer_size: int = 0, seed: int = 0):
+        self.model = RewardEnsemble(in_dim, num_heads, hidden, generator=torch.Generator().manual_seed(seed))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)  # oat: Adam + L2
+        self.lam, self.sgd_steps, self.batch_size, self.buffer_size = lam, sgd_steps, batch_size, buffer_size
+        self.won = torch.zeros(0, in_dim)  # [Q, H] the buffer: winners' features
+        self.lost = torch.zeros(0, in_dim)  # [Q, H] losers'
+        self.num_queries = 0  # N: every label asked so far (the buffer may keep fewer)
+
+    @torch.no_grad()
+    def rewards(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., H] → [E, ...] every member's reward."""
+        return self.model(features.float())
+
+    def add(self, won: torch.Tensor, lost: torch.Tensor) -> None:
+        self.won = torch.cat([self.won, won.float()])
+        self.lost = torch.cat([self.lost, lost.float()])
+        self.num_queries += len(won)
+        if self.buffer_size and len(self.won) > self.buffer_size:  # keep the most recent
+            self.won, self.lost = self.won[-self.buffer_size :], self.lost[-self.buffer_size :]
+
+    def learn(self, generator: torch.Generator) -> float | None:
+        """``sgd_steps`` Adam steps on batches drawn uniformly (with replacement) from the buffer; the last step's
+        loss, or None when the buffer is empty."""
+        if len(self.won) == 0:
+            return None
+        with torch.enable_grad():  # (the method's rollout runs under no_grad)
+            return self._learn(generator)
+
+    def _learn(self, generator: torch.Generator) -> float | None:
+        loss = None
+        for _ in range(self.sgd_steps):
+            idx = torch.randint(len(self.won), (min(self.batch_size, len(self.won)),), generator=generator)
+            loss = ensemble_loss(self.model, self.won[idx], self.lost[idx], self.num_queries, self.lam)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return None if loss is None else float(loss.detach())
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        for i, st in self.opt.state_dict()["state"].items():
+            out.update({f"opt/{i}/{k}": v.detach().clone() for k, v in st.items()})
+        if len(self.won):  # (a zero-size tensor is not stored)
+            out["won"], out["lost"] = self.won.clone(), self.lost.clone()
+        out["num_queries"] = torch.tensor([self.num_queries], dtype=torch.long)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        sd = self.opt.state_dict()
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt/"):
+                _, i, name = k.split("/", 2)
+                state.setdefault(int(i), {})[name] = v.clone()
+        self.opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+        H = self.won.shape[1]
+        self.won = tensors["won"].clone() if "won" in tensors else torch.zeros(0, H)
+        self.lost = tensors["lost"].clone() if "lost" in tensors else torch.zeros(0, H)
+        self.num_queries = int(tensors["num_queries"][0])

@@ -219,6 +219,8 @@ class Engine:
                 self.opt.zero_grad(set_to_none=True)
                 return None
         self.opt.step()
+        if hasattr(method, "after_step"):  # a method's own update after the optimizer's (ONPO's secondary iterate)
+            method.after_step(step)
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         maybe_fault("after_step", step + 1)

@@ -33,6 +33,9 @@ class OnlineNeeds:
     reference: bool = False  # reference per-token log-probs (ref_logp); False: no reference model is loaded
     value_head: bool = False  # a value head on the policy (PPO): values at rollout time and in the update
     pairs: bool = False  # a pairwise objective on best-vs-worst pairs (online DPO) instead of a token loss
+    # advantages() reads the sampling policy's per-token log-probs (a KL in the reward, an importance weight): one
+    # more no-grad forward per rollout, which GRPO (KL in the loss, ratio 1 at μ = 1) does without.
+    old_logp: bool = False
 
 
 @dataclass

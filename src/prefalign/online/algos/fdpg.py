@@ -105,7 +105,7 @@ class FDPG(OnlineAlgorithm):
         self._window: list[tuple[float, float]] = []  # running state: (Σ pseudo-reward, count) per past batch
 
     def needs(self) -> OnlineNeeds:
-        return OnlineNeeds(reference=True)
+        return OnlineNeeds(reference=True, old_logp=True)
 
     def validate(self) -> None:
         if self.divergence not in DIVERGENCES:

@@ -12,8 +12,8 @@ equivalently π_{t+1} ∝ π_t · exp(η(2ℓ_t − ℓ_{t−1})). The average i
 min_y P(π̄_T ≻ y) is O(1/T); plain multiplicative weights (π_{t+1} ∝ π_t e^{ηℓ_t}) gets O(1/√T) with η ∝ 1/√T
 (``tests/theory/test_online_catalogue.py`` measures both slopes on rock–paper–scissors).
 
-LLM form (registered ``"onpo"``; UNVERIFIED against the paper's practical loss, which was not readable here — this is
-prefalign's own derivation, exact for a tabular policy). Because log π_{t+1} − log π̂_t = 2η ℓ_t + c, one iteration
+LLM form (registered ``"onpo"``, trainable by ``method: online``; UNVERIFIED against the paper's practical loss, which
+was not readable here — this is prefalign's own derivation, exact for a tabular policy). Because log π_{t+1} − log π̂_t = 2η ℓ_t + c, one iteration
 is a squared-loss regression that never estimates P(y ≻ π_t) beyond one noisy label per sample:
 
     h(y)  = log π_θ(y) − log π̂_t(y)          (the reference slot holds the secondary iterate π̂_t)
@@ -25,6 +25,18 @@ by the group means is the all-pairs regression Σ_{i<j}((h_i−h_j) − 2η(s_i�
 iteration the method sets the reference to the normalised geometric mean π̂_{t+1} ∝ (π̂_t·π_{t+1})^{1/2}: exact
 logit averaging for a tabular policy, and parameter averaging θ̂ ← ½(θ̂ + θ) (``sync_secondary_``, TR-DPO's soft
 update with α = ½) as the approximation for a network. The paper's KL-to-π_ref regulariser is not included.
+
+Wiring (the hooks of ``online/hooks.py``):
+
+- ``judge``: the configured reward as a Bradley–Terry judge inside each group, P(y_i ≻ y_j) = σ(r_i − r_j), and
+  s_i = mean_{j≠i} σ(r_i − r_j) over the group's other judged samples (``bt_win_rates``, = ``round_robin`` of that
+  judge's matrix): the rewards the loss trains on. The configured reward is still what is logged as ``reward``;
+  ``onpo/win_rate_min|max|std`` describe the estimates.
+- ``reference_role() == "secondary"``: the reference slot holds π̂_t, starting at the initial policy — a second
+  model, or with LoRA a copy of the adapter weights only (``hooks.Secondary``), checkpointed with the run.
+- ``after_update``: after the last of the μ = ``num_iterations`` optimizer steps of each rollout (so after every
+  step for μ = 1) — the end of an iteration — ``sync_secondary_``(θ̂, θ). The rollout's ``ref_logp`` is computed once
+  at sampling time under π̂_t, so the secondary must not move inside an iteration.
 """
 
 from __future__ import annotations
@@ -101,6 +113,20 @@ def round_robin(pref: torch.Tensor) -> torch.Tensor:
     return ((pref * off).sum(-1) / max(G - 1, 1)).reshape(P * G)
 
 
+def bt_win_rates(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """In-group win rates under the Bradley–Terry judge P(y_i ≻ y_j) = σ(r_i − r_j): s_i = mean of σ(r_i − r_j) over
+    the other *judged* members j of i's group, [N] → [N]; NaN where r_i is NaN or i is its group's only judged member.
+    With every member judged it is ``round_robin`` of the [P, G, G] matrix σ(r_i − r_j)."""
+    ok = ~torch.isnan(rewards)
+    r = torch.where(ok, rewards, torch.zeros_like(rewards))
+    pair = (group[:, None] == group[None, :]) & ok[:, None] & ok[None, :]
+    pair &= ~torch.eye(len(r), dtype=torch.bool, device=r.device)
+    pref = torch.sigmoid(r[:, None] - r[None, :])  # [N, N]
+    count = pair.sum(-1)
+    s = torch.where(pair, pref, torch.zeros_like(pref)).sum(-1) / count.clamp(min=1).to(r.dtype)
+    return torch.where(ok & (count > 0), s, torch.full_like(s, float("nan")))
+
+
 @torch.no_grad()
 def sync_secondary_(secondary: list[torch.Tensor], policy: list[torch.Tensor]) -> None:
     """θ̂ ← ½(θ̂ + θ), in place: the secondary iterate after an ONPO iteration (exact for tabular logits)."""
@@ -112,9 +138,6 @@ def sync_secondary_(secondary: list[torch.Tensor], policy: list[torch.Tensor]) -
 @dataclass
 class ONPO(OnlineAlgorithm):
     name = "onpo"
-    not_trainable = ("its rewards must be win rates against the current policy from a pairwise judge, and its "
-                     "reference the secondary iterate π̂_t synced after every iteration; the method does not wire "
-                     "either yet (the tabular rule and this loss are tested as functions)")
 
     eta: float = 1.0  # OMD step size in log-probability units (no paper default was verified; prefalign's choice)
     loss_type = "sequence"  # fixed (not a field): the regression is per sequence
@@ -126,12 +149,39 @@ class ONPO(OnlineAlgorithm):
         if not self.eta > 0:
             raise ValueError(f"eta must be > 0, got {self.eta}")
 
+    # --- hooks (online/hooks.py) ------------------------------------------------------------------------------
+    def setup(self, method) -> None:
+        if method.cfg.num_generations < 2:
+            from prefalign.errors import UserError
+
+            raise UserError("config", "onpo's win rates compare the completions of a prompt: num_generations must "
+                            "be >= 2", "set num_generations: 2 or more")
+
+    def judge(self, rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        """The configured rewards → win-rate estimates s_i of P(y_i ≻ π_t) (``bt_win_rates``)."""
+        return bt_win_rates(rewards.double(), group).to(rewards.dtype)
+
+    def reference_role(self) -> str:
+        return "secondary"
+
+    def after_update(self, method, step: int) -> None:
+        """θ̂ ← ½(θ̂ + θ) once the rollout's μ updates are done (step is 0-based)."""
+        if (step + 1) % method.mu == 0:
+            sync_secondary_(*method.reference.tensors())
+
     def advantages(self, ro: Rollout) -> dict[str, torch.Tensor]:
         """The centred regression target 2η(s_i − s̄_g), [N]; rewards are the win-rate estimates s_i."""
         ok = ~torch.isnan(ro.rewards)
         s = torch.where(ok, ro.rewards, torch.zeros_like(ro.rewards))  # [N]
         target = 2 * self.eta * (s - _group_mean(s, ro.group, ok))
-        return {"advantages": torch.where(ok, target, torch.zeros_like(target))}
+        out = {"advantages": torch.where(ok, target, torch.zeros_like(target))}
+        stats = ro.reduce(torch.stack([ok.sum().double(), s.double().sum(), s.double().square().sum()]))
+        if ok.any():
+            mean = float(stats[1] / stats[0])
+            out["onpo/win_rate_std"] = max(float(stats[2] / stats[0]) - mean * mean, 0.0) ** 0.5
+            # min / max: this process's (a sum-reduce has none)
+            out["onpo/win_rate_min"], out["onpo/win_rate_max"] = float(s[ok].min()), float(s[ok].max())
+        return out
 
     def loss(self, b: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if b.ref_logp is None:

@@ -59,7 +59,7 @@ class PPO(OnlineAlgorithm):
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def needs(self) -> OnlineNeeds:
-        return OnlineNeeds(reference=self.beta > 0, value_head=True)
+        return OnlineNeeds(reference=self.beta > 0, value_head=True, old_logp=self.beta > 0)
 
     def validate(self) -> None:
         if self.beta < 0 or self.vf_coef < 0 or self.cliprange_value <= 0:

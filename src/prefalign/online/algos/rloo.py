@@ -49,7 +49,7 @@ class RLOO(OnlineAlgorithm):
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def needs(self) -> OnlineNeeds:
-        return OnlineNeeds(reference=self.beta > 0)
+        return OnlineNeeds(reference=self.beta > 0, old_logp=self.beta > 0)
 
     def validate(self) -> None:
         if self.beta < 0:
