@@ -112,7 +112,7 @@ def test_columns_reach_the_reward_and_none_is_not_judged(tiny_model_dir, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,mu", [("rollout:2", 1), ("after_step:3", 2), ("accumulated:2", 2)])
+@pytest.mark.parametrize("fault,mu", [("rollout:2", 1), ("after_step:3", 2)])
 def test_kill9_then_resume_is_bit_identical(tiny_model_dir, tmp_path, fault, mu):
     """kill -9 while sampling, and between the μ = 2 updates of one rollout (the buffer is in the checkpoint):
     --resume gives the weights of the straight run, bit for bit."""
