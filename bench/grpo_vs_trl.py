@@ -88,7 +88,10 @@ class Proto:
         self.out.flush()
 
     def wait(self) -> str:
-        return sys.stdin.readline().strip() or "end"
+        word = sys.stdin.readline().strip()
+        if not word:  # the parent is gone: stop here rather than run on unpaced
+            os._exit(3)
+        return word
 
 
 def rss_now_mib() -> float:
@@ -300,11 +303,15 @@ def run_exact(args, proto: Proto) -> None:
     with torch.no_grad():  # move the policy away from the reference: a non-zero KL term with a non-zero gradient
         for p in policy.parameters():
             p.add_(0.2 * p.std() * torch.randn_like(p))
-    cfg = GRPOConfig(output_dir=args.out, beta=0.04, per_device_train_batch_size=P * G, num_generations=G,
+    del reference
+    # beta 0 at construction (no reference model loaded: its log-probs are given), set per case below
+    cfg = GRPOConfig(output_dir=args.out, beta=0.0, per_device_train_batch_size=P * G, num_generations=G,
                      max_completion_length=T, loss_type="dapo", report_to="none", use_cpu=dev == "cpu",
                      bf16=dev == "cuda")
     tr = GRPOTrainer(model=policy, reward_funcs=hash_reward, args=cfg, processing_class=tok,
                      train_dataset=Dataset.from_dict({"prompt": texts}))
+    # as TRL trains by default (and it keeps this check's memory in bounds); the same model serves both sides
+    tr.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1  # what Trainer.train sets before a step
     params = [p for p in tr.model.parameters() if p.requires_grad]
@@ -329,11 +336,12 @@ def run_exact(args, proto: Proto) -> None:
         per_token, _ = algo.loss(b)
         total, units = aggregate(per_token, pol.mask, "dapo", T)
         ours = total / units
+        del pol, b, per_token
         our_grads = torch.autograd.grad(ours, params)
         diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(our_grads, trl_grads))
         scale = max(float(a.float().abs().max()) for a in trl_grads)
         norm = lambda gs: float(torch.sqrt(sum((g.float() ** 2).sum() for g in gs)))  # noqa: E731
-        out["exact"][str(beta)] = {"loss_prefalign": float(ours), "loss_trl": float(trl_loss),
+        out["exact"][str(beta)] = {"loss_prefalign": float(ours.detach()), "loss_trl": float(trl_loss.detach()),
                                    "loss_gap": abs(float(ours) - float(trl_loss)), "grad_gap": diff,
                                    "grad_max": scale, "grad_norm_prefalign": norm(our_grads),
                                    "grad_norm_trl": norm(trl_grads)}

@@ -91,7 +91,7 @@ class OnlineDemoConfig:
         return self.steps * self.prompts_per_step
 
 
-QUICK = dict(steps=4, prompts_per_step=4, eval_prompts=32, n_reference=4, max_new_tokens=24, learning_rate=1e-3,
+QUICK = dict(steps=4, prompts_per_step=4, eval_prompts=24, n_reference=4, max_new_tokens=24, learning_rate=1e-3,
              arith_train=16, arith_eval=48, arith_steps=4, arith_prompts_per_step=4, arith_max_new_tokens=10,
              arith_learning_rate=1e-3)
 
