@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -339,6 +340,10 @@ def main() -> None:
                     f"{time.time() - t0:.0f} s wall", rows)
         ratios = print_ratios(rows, warmup)
         report["workloads"][name] = {"shape": w, "rows": rows, "ratios": ratios}
+        if len(rows) == len(sides):  # the runs' output folders (saved models) are not needed any more
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {tmp}")
         sys.stdout.flush()
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
