@@ -50,7 +50,12 @@ def test_dera_at_lambda_one_is_evaluated_exactly_like_the_policy(model, tiny_tok
                             progress=False)
     dera = evaluate_decoding("dera", {"lam": 1.0}, policy, tiny_tok, PROMPTS, score, cfg, ref,
                              reference_context=policy.disable_adapter, progress=False)
-    assert plain["kl"] > 0.01  # the adapter moved the policy
+    ids = tiny_tok(PROMPTS[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        moved = policy(input_ids=ids).logits
+        with policy.disable_adapter():
+            moved = (moved - policy(input_ids=ids).logits).abs().max()
+    assert moved > 0.1  # the adapter moved the policy (a sample KL from 2 draws per prompt is too noisy to show it)
     for key in ("reward_mean", "win_rate", "kl", "length"):
         assert dera[key] == pytest.approx(plain[key], abs=1e-5), key
     # λ = 0 decodes the reference itself: KL 0 on every sample

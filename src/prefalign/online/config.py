@@ -32,6 +32,9 @@ class OnlineFields:
     num_iterations: int = field(default=1, metadata=_m(
         "online", "updates per rollout (μ >= 1); μ > 1 uses importance ratios against the sampling policy",
         range=">= 1"))
+    rollout_shared_kv: bool = field(default=True, metadata=_m(
+        "online", "sample a prompt's G completions against one copy of its KV cache (exact, less memory traffic; "
+        "models with full attention read by sdpa or eager); false: the cache repeated G times"))
     sample_log_steps: int = field(default=10, metadata=_m(
         "online", "every N rollouts (>= 0), write the sampled completions with their rewards to samples.jsonl "
         "(0: never)",

@@ -142,7 +142,7 @@ class Online(Method):
         # Every prompt of this process in one generation batch: what is sampled then does not depend on how the
         # update splits the rollout (batch_size × accumulation), so neither does the gradient.
         opts = SamplingOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               top_k=cfg.top_k)
+                               top_k=cfg.top_k, share_prompt_kv=cfg.rollout_shared_kv)
         samples = self._sample(lambda lm: generate_groups(lm, [e.prompt_ids for e in examples], G, opts, self.eos,
                                                           self.pad, self._generator(r, rank),
                                                           all_done=self._all_done()))
@@ -377,7 +377,7 @@ class Online(Method):
 
         cfg = self.cfg
         opts = SamplingOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               top_k=cfg.top_k, batch_prompts=cfg.batch_size)
+                               top_k=cfg.top_k, batch_prompts=cfg.batch_size, share_prompt_kv=cfg.rollout_shared_kv)
         ex = self.eval_examples
         gen = torch.Generator(device=self.engine.acc.device).manual_seed(cfg.seed + 7919)
         samples = self._sample(lambda lm: generate_groups(lm, [e.prompt_ids for e in ex], 1, opts, self.eos,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prefalign.decode import grouped_attention
 from prefalign.decode.generate import GenOptions, Stream, model_device, token_loop
 
 
@@ -38,6 +39,8 @@ class SamplingOptions:
     ignore_eos: bool = False  # for benchmarks: EOS logits are set to −inf, so every completion has exactly
     #   max_new_tokens tokens and none contains EOS; log q is then under that EOS-free distribution (not π's)
     batch_prompts: int | None = None  # prompts decoded together (P·G rows at most G·batch_prompts); None = all
+    share_prompt_kv: bool = True  # a group's G rows read one copy of the prompt's KV cache (decode.grouped_attention;
+    #   exact); False: the cache is repeated G times, as generate(num_return_sequences=G) does
 
     def problems(self, greedy_ok: bool = False) -> list[str]:
         """What is out of range, as phrases (empty when all is well); ranges shared with ``GenOptions``.
@@ -45,8 +48,9 @@ class SamplingOptions:
         shared = GenOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                             top_k=self.top_k)
         out = shared.problems(greedy_ok=greedy_ok)
-        if not isinstance(self.ignore_eos, bool):
-            out.append(f"--ignore-eos must be true or false, got {self.ignore_eos!r}")
+        for name in ("ignore_eos", "share_prompt_kv"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         b = self.batch_prompts
         if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
             out.append(f"--batch-prompts must be an integer >= 1 (or unset: all prompts at once), got {b!r}")
@@ -109,16 +113,34 @@ class RolloutSamples:
 
 
 class _GroupStream(Stream):
-    """A ``Stream`` whose prefill runs once on B prompts and then continues on B·G rows."""
+    """A ``Stream`` whose prefill runs once on B prompts and then continues on B·G rows. With ``share_prefix``
+    (and a model ``grouped_attention.supported`` covers) the G rows of a prompt read one copy of its KV cache
+    instead of G (``decode.grouped_attention``); otherwise the cache is repeated row-wise."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int):
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int,
+                 share_prefix: bool = True):
         super().__init__(model, input_ids, attention_mask)
         self.repeats = repeats
+        self.grouped = share_prefix and grouped_attention.supported(model, self.cache)
+        self.decoding = False
+
+    def reserve(self, new_tokens: int) -> None:
+        if self.grouped:
+            grouped_attention.grouped_cache(self.cache, new_tokens)
+        else:
+            super().reserve(new_tokens)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if not (self.grouped and self.decoding):
+            return super()._forward(ids, positions)
+        with grouped_attention.active(self.model, self.cache):
+            return super()._forward(ids, positions)
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
         logits = super().prefill()  # [B, V]
         self.expand(self.repeats)
+        self.decoding = True
         return logits.repeat_interleave(self.repeats, dim=0)  # [B·G, V]
 
 
@@ -178,7 +200,7 @@ def generate_groups(model, prompt_ids: Sequence[Sequence[int]], group_size: int,
         with torch.no_grad():
             for start in range(0, len(prompts), per_batch):
                 ids, mask = _left_pad(prompts[start : start + per_batch], pad_id, device)  # [B, L]
-                stream = _GroupStream(model, ids, mask, group_size)
+                stream = _GroupStream(model, ids, mask, group_size, share_prefix=opts.share_prompt_kv)
                 steps: list[torch.Tensor] = []
                 generated = token_loop([stream], rule, opts, loop_eos, pad_id, generator, step_logq=steps,
                                        all_done=all_done)  # [B·G, t]
