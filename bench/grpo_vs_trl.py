@@ -349,18 +349,19 @@ def run_exact(args, proto: Proto) -> None:
 
 
 def gen_bench(args, model, prompts) -> dict:
-    """prefalign's generate_groups vs HF generate(num_return_sequences=G): same prompts, exactly T new tokens each,
-    sampling at temperature 1 with no filtering, in interleaved pairs (the first pair is a warm-up)."""
+    """prefalign's generate_groups, with each ``kv_cache`` (grouped: one prompt KV per group; in_place: repeated G
+    times, written in place; dynamic: transformers' DynamicCache), vs HF generate(num_return_sequences=G): same
+    prompts, exactly T new tokens each, sampling at temperature 1 with no filtering, in interleaved rounds (the
+    order rotates every round; the first round is a warm-up)."""
     import torch
 
     from prefalign.online.rollout import SamplingOptions, generate_groups
 
     P, G, T, dev = len(prompts), args.G, args.completion, args.device
     ids = torch.tensor(prompts, device=dev)
-    opts = SamplingOptions(max_new_tokens=T, ignore_eos=True)
-
-    def ours():
-        generate_groups(model, prompts, G, opts, [1], 0, torch.Generator(device=dev).manual_seed(0))
+    def ours(kv_cache: str):
+        opts = SamplingOptions(max_new_tokens=T, ignore_eos=True, kv_cache=kv_cache)
+        return lambda: generate_groups(model, prompts, G, opts, [1], 0, torch.Generator(device=dev).manual_seed(0))
 
     def hf():
         with torch.no_grad():
@@ -369,9 +370,10 @@ def gen_bench(args, model, prompts) -> dict:
                                  top_k=0, top_p=1.0, pad_token_id=0, eos_token_id=1)
         assert out.shape == (P * G, ids.shape[1] + T)
 
-    times = {"prefalign": [], "hf": []}
+    runs = [("prefalign", ours("grouped")), ("in_place", ours("in_place")), ("dynamic", ours("dynamic")), ("hf", hf)]
+    times = {name: [] for name, _ in runs}
     for i in range(args.gen_pairs + 1):
-        for name, fn in (("prefalign", ours), ("hf", hf)) if i % 2 == 0 else (("hf", hf), ("prefalign", ours)):
+        for name, fn in runs[i % len(runs):] + runs[: i % len(runs)]:
             _sync(dev)
             t = time.perf_counter()
             fn()
@@ -469,16 +471,22 @@ def update_flops(side: str, m: dict, w: dict, device: str) -> float:
     """Model FLOPs the update's forward + backward (3 × forward) actually executes in the layout each side runs;
     recomputation (checkpointed layers, prefalign's re-run LM-head chunks) is not counted.
 
-    prefalign: P rows of prompt + G completions (shared prefix), the LM head on the P·G·T scored positions only, and
-    dense masked attention (SDPA with a 4D mask computes the whole L² square). TRL: P·G rows of prompt + completion,
+    prefalign: per group ⌈G / k⌉ rows of the prompt + k completions (shared prefix; k from ``online.rows``'s cost
+    model, as the engine picks it), the LM head on the P·G·T scored positions only, and dense masked attention
+    (SDPA with a 4D mask computes the whole n² square; k = 1 rows are plain causal rows). TRL: P·G rows of prompt + completion,
     causal attention (L(L+1)/2 pairs), the LM head on every position but the last on CPU (its fused head scores all
     positions off Triton devices) and on the completion positions only on CUDA."""
     h, layers, inter, vocab = m["hidden"], m["layers"], m["inter"], m["vocab"]
     P, G, Lp, T = w["prompts"], w["G"], w["prompt"], w["completion"]
     per_token = 2 * layers * (4 * h * h + 3 * h * inter)
     if side.startswith("prefalign") and side != "prefalign_separate":
-        row = Lp + G * T
-        tokens, head, pairs = P * row, P * G * T, P * row * row
+        from prefalign.online.rows import completions_per_row
+
+        rho = 2 * h / (4 * h * h + 3 * h * inter + 2 * h)  # a Llama layer: 4 projections, 3 MLP matrices, 2 norms
+        k = completions_per_row([Lp] * P, [T] * (P * G), G, rho)
+        rows = [Lp + min(k, G - s) * T for s in range(0, G, k)]  # one group's rows
+        tokens, head = P * sum(rows), P * G * T
+        pairs = P * sum(n * n if k > 1 else n * (n + 1) / 2 for n in rows)
     else:  # one row per sample, causal attention (no padding: SDPA's is_causal path)
         row = Lp + T
         tokens, pairs = P * G * row, P * G * row * (row + 1) / 2
@@ -549,7 +557,11 @@ def print_exact(name: str, res: dict) -> None:
     pairs = sorted(h / o for h, o in zip(g["hf"], g["prefalign"]))
     print(f"generation alone ({g['new_tokens']} new tokens, prompt prefilled once per group vs HF generate "
           f"num_return_sequences): prefalign {g['new_tokens'] / ours:.0f} tok/s, HF generate "
-          f"{g['new_tokens'] / hf:.0f} tok/s, x{statistics.median(pairs):.2f} (pairs {pairs[0]:.2f}-{pairs[-1]:.2f})")
+          f"{g['new_tokens'] / hf:.0f} tok/s, x{statistics.median(pairs):.2f} (rounds {pairs[0]:.2f}-{pairs[-1]:.2f})")
+    if "in_place" in g:
+        tok = {k: g["new_tokens"] / statistics.median(g[k]) for k in ("dynamic", "in_place", "prefalign")}
+        print(f"  by rollout_kv_cache: dynamic {tok['dynamic']:.0f} tok/s (prompt prefilled once, DynamicCache), "
+              f"in_place {tok['in_place']:.0f}, grouped (default) {tok['prefalign']:.0f} tok/s")
 
 
 def main() -> None:

@@ -92,3 +92,26 @@ def test_model_folder_path_loads_model_and_tokenizer(tiny_model_dir, model, tiny
     by_object = run_decode("sample", model, tiny_tok, PROMPTS, temperature=0, max_new_tokens=8)
     assert by_path.completions == by_object.completions  # save_tiny uses the same seed as tiny_model
     assert by_path.rows(PROMPTS)[0]["prompt"] == PROMPTS[0]
+
+
+def test_draw_follows_the_law_of_unnormalised_rows_and_skips_zero_mass():
+    """``draw`` (inverse CDF, one uniform per row): empirical frequencies match each row's normalised law within 4
+    standard errors, tokens of probability 0 (inside the row and at both ends) never come out, and a row whose
+    mass is all on its last token always returns it."""
+    import torch
+
+    from prefalign.decode.generate import draw
+
+    law = torch.tensor([[0.0, 0.5, 0.0, 1.5, 2.0, 0.0],  # sums to 4, zeros at both ends and inside
+                        [0.0, 0.0, 0.0, 0.0, 0.0, 3.0],  # all mass on the last token
+                        [0.1, 0.2, 0.3, 0.4, 0.0, 0.0]])
+    n = 20000
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw(law, g) for _ in range(n)])  # [n, 3]
+    for r in range(3):
+        p = law[r] / law[r].sum()
+        freq = torch.bincount(draws[:, r], minlength=6).double() / n
+        se = (p * (1 - p) / n).sqrt()
+        assert (freq[p == 0] == 0).all()
+        assert ((freq - p).abs() <= 4 * se + 1e-12).all(), (r, freq, p)
+    assert (draws[:, 1] == 5).all()

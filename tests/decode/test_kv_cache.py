@@ -27,8 +27,8 @@ def llama(kv_heads: int = 4, attn: str = "sdpa", seed: int = 0):
     return m
 
 
-def rollout(model, share: bool, g: int = 3, n: int = 9, seed: int = 0, **opts):
-    return generate_groups(model, PROMPTS, g, SamplingOptions(max_new_tokens=n, share_prompt_kv=share, **opts), [1],
+def rollout(model, kv_cache: str, g: int = 3, n: int = 9, seed: int = 0, **opts):
+    return generate_groups(model, PROMPTS, g, SamplingOptions(max_new_tokens=n, kv_cache=kv_cache, **opts), [1],
                            0, torch.Generator().manual_seed(seed))
 
 
@@ -50,19 +50,20 @@ def count_grouped(monkeypatch):
 def test_grouped_rollout_equals_the_repeated_cache(kv_heads, attn, count_grouped):
     model = llama(kv_heads, attn)
     assert grouped_attention.supported(model, new_cache(model))
-    on = rollout(model, True, top_k=20)
+    on = rollout(model, "grouped", top_k=20)
     assert len(count_grouped) == 2 * (9 - 1)  # 2 layers × every decoding step after the prefill
-    off = rollout(model, False, top_k=20)
-    assert len(count_grouped) == 2 * (9 - 1)  # off: never
-    assert on.completion_ids == off.completion_ids
-    torch.testing.assert_close(on.logq_tensor(), off.logq_tensor(), atol=1e-5, rtol=0)
+    for other in ("in_place", "dynamic"):
+        off = rollout(model, other, top_k=20)
+        assert len(count_grouped) == 2 * (9 - 1)  # not grouped: never
+        assert on.completion_ids == off.completion_ids, other
+        torch.testing.assert_close(on.logq_tensor(), off.logq_tensor(), atol=1e-5, rtol=0)
     assert model.config._attn_implementation == attn  # switched back after every step
 
 
 def test_grouped_logits_equal_uncached_forward_per_row():
     """Each row's last-step logits, from the grouped cache, equal one uncached forward of prompt + its tokens."""
     model = llama(2)
-    s = rollout(model, True, g=2, n=6)
+    s = rollout(model, "grouped", g=2, n=6)
     for n, (comp, q) in enumerate(zip(s.completion_ids, s.logq)):
         prompt = PROMPTS[n // 2]
         with torch.no_grad():
@@ -77,7 +78,7 @@ def test_sliding_window_model_is_not_grouped_and_still_exact(count_grouped):
                         num_attention_heads=4, num_key_value_heads=2, sliding_window=4, max_position_embeddings=128)
     model = MistralForCausalLM(cfg).eval()
     assert not grouped_attention.supported(model, new_cache(model))
-    on, off = rollout(model, True), rollout(model, False)
+    on, off = rollout(model, "grouped"), rollout(model, "dynamic")
     assert not count_grouped and on.completion_ids == off.completion_ids
 
 
@@ -95,6 +96,11 @@ def test_grouped_layer_refuses_edits_it_cannot_do_exactly():
     for edit in (lambda: layer.crop(-1), lambda: layer.batch_select_indices(torch.tensor([0]))):
         with pytest.raises(NotImplementedError):
             edit()
+
+
+def test_kv_cache_option_is_checked():
+    assert SamplingOptions(kv_cache="paged").problems() == ["kv_cache must be one of grouped, in_place, dynamic, "
+                                                           "got 'paged'"]
 
 
 def test_reserved_layer_decodes_like_dynamic_layer_also_past_its_reserve():

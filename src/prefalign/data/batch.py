@@ -297,22 +297,25 @@ def collate_completions(prompt_ids: list[list[int]], completion_ids: list[list[i
 
 
 def collate_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], group_size: int, pad_id: int,
-                   layout: str = "shared_prefix", pack: bool = False) -> SeqBatch:
+                   layout: str = "shared_prefix", pack: bool = False, per_row: int | None = None) -> SeqBatch:
     """Online RL's groups: P prompts × G completions (completion n answers prompt n // G). ``shared_prefix`` puts
-    each prompt once and its G completions after it in one row (each completion sees the prompt and itself), so the
-    prompt runs once per group in forward and backward; ``separate`` gives every (prompt, completion) its own row.
-    Sequence n of the scoring plan is completion n either way, and the log-probs are the same."""
+    a prompt once and its completions after it in one row (each completion sees the prompt and itself), so the
+    prompt runs once per row in forward and backward: ``per_row`` completions per row (None: all G, the prompt once
+    per group; 1: the separate layout); ``separate`` gives every (prompt, completion) its own row. Sequence n of
+    the scoring plan is completion n either way, and the log-probs are the same."""
     if len(completion_ids) != len(prompt_ids) * group_size:
         raise ValueError(f"{len(prompt_ids)} prompts × {group_size} need {len(prompt_ids) * group_size} "
                          f"completions, got {len(completion_ids)}")
-    if layout == "shared_prefix":
-        rows = [[(list(p), -1, -1)] + [(list(completion_ids[i * group_size + k]), 0, i * group_size + k)
-                                       for k in range(group_size)] for i, p in enumerate(prompt_ids)]
-    elif layout == "separate":
-        rows = [[(list(prompt_ids[n // group_size]), -1, -1), (list(c), 0, n)] for n, c in enumerate(completion_ids)]
-    else:
+    if layout == "separate":
+        per_row = 1
+    elif layout != "shared_prefix":
         raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    k = group_size if per_row is None else max(1, min(int(per_row), group_size))
+    rows = [[(list(p), -1, -1)] + [(list(completion_ids[n]), 0, n) for n in range(start, min(start + k, end))]
+            for i, p in enumerate(prompt_ids)
+            for end in [(i + 1) * group_size] for start in range(i * group_size, end, k)]
     if pack:
         rows = _pack(rows)
-    ids, mask, pos, scoring, real = _build(rows, len(completion_ids), pad_id, layout != "separate" or pack, None)
+    # one completion per row is a plain causal sequence: a 2D padding mask (sdpa's fast paths), no 4D mask
+    ids, mask, pos, scoring, real = _build(rows, len(completion_ids), pad_id, pack or k > 1, None)
     return SeqBatch(ids, mask, pos, scoring, real, list(range(len(prompt_ids))))

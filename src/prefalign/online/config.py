@@ -32,9 +32,16 @@ class OnlineFields:
     num_iterations: int = field(default=1, metadata=_m(
         "online", "updates per rollout (μ >= 1); μ > 1 uses importance ratios against the sampling policy",
         range=">= 1"))
-    rollout_shared_kv: bool = field(default=True, metadata=_m(
-        "online", "sample a prompt's G completions against one copy of its KV cache (exact, less memory traffic; "
-        "models with full attention read by sdpa or eager); false: the cache repeated G times"))
+    rollout_kv_cache: str = field(default="grouped", metadata=_m(
+        "online", "KV cache while sampling: grouped: a prompt's G completions read one copy of its keys and values "
+        "(full-attention models read by sdpa or eager; others fall back to in_place); in_place: the prompt's cache "
+        "repeated G times, new entries written in place; dynamic: transformers' DynamicCache (as generate). Same "
+        "samples from all three", ("grouped", "in_place", "dynamic")))
+    completions_per_row: int = field(default=0, metadata=_m(
+        "online", "layout shared_prefix: completions after each copy of their prompt in one row of the update "
+        "(>= 0); 0: chosen per micro-batch by a FLOP estimate (the whole group after long prompts, one per row "
+        "after short prompts with long completions); the log-probs are the same for every value",
+        range=">= 0"))
     sample_log_steps: int = field(default=10, metadata=_m(
         "online", "every N rollouts (>= 0), write the sampled completions with their rewards to samples.jsonl "
         "(0: never)",

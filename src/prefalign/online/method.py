@@ -142,7 +142,7 @@ class Online(Method):
         # Every prompt of this process in one generation batch: what is sampled then does not depend on how the
         # update splits the rollout (batch_size × accumulation), so neither does the gradient.
         opts = SamplingOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               top_k=cfg.top_k, share_prompt_kv=cfg.rollout_shared_kv)
+                               top_k=cfg.top_k, kv_cache=cfg.rollout_kv_cache)
         samples = self._sample(lambda lm: generate_groups(lm, [e.prompt_ids for e in examples], G, opts, self.eos,
                                                           self.pad, self._generator(r, rank),
                                                           all_done=self._all_done()))
@@ -263,9 +263,20 @@ class Online(Method):
         for g0 in range(0, len(prompts), bs):
             g1 = min(len(prompts), g0 + bs)
             comps = [ids[n][: lengths[n]] for n in range(g0 * G, g1 * G)]
-            batch = collate_groups(prompts[g0:g1], comps, G, self.pad, self.cfg.layout, self.cfg.pack)
+            batch = collate_groups(prompts[g0:g1], comps, G, self.pad, self.cfg.layout, self.cfg.pack,
+                                   self._per_row(prompts[g0:g1], comps))
             out.append(Chunk(batch.to(self.engine.acc.device), g0 * G, g1 * G))
         return out
+
+    def _per_row(self, prompts, comps) -> int:
+        """Completions per row of the shared_prefix layout (``online.rows``): the config's, or the cheapest."""
+        from prefalign.online.rows import attention_ratio, completions_per_row
+
+        if self.cfg.completions_per_row:
+            return self.cfg.completions_per_row
+        self._rho = getattr(self, "_rho", None) or attention_ratio(self.model)
+        return completions_per_row([len(p) for p in prompts], [len(c) for c in comps], self.cfg.num_generations,
+                                   self._rho)
 
     def micro_batches(self, step, idx, rank, world):
         from prefalign.online.aggregate import units
@@ -319,7 +330,8 @@ class Online(Method):
             return MicroBatch(self.pairs.batch(worst, self.pad, self.cfg.layout, self.cfg.pack,
                                                self.engine.acc.device))
         comps = [[self.pad] * self.cfg.max_new_tokens for _ in range(len(prompts) * G)]
-        batch = collate_groups(prompts, comps, G, self.pad, self.cfg.layout, self.cfg.pack)
+        batch = collate_groups(prompts, comps, G, self.pad, self.cfg.layout, self.cfg.pack,
+                               self._per_row(prompts, comps))
         n, T = len(comps), self.cfg.max_new_tokens
         self._probe_buffer = {"mask": torch.ones(n, T, dtype=torch.bool), "rewards": torch.zeros(n),
                               "advantages": torch.zeros(n), "group": torch.arange(n) // G,
@@ -377,7 +389,7 @@ class Online(Method):
 
         cfg = self.cfg
         opts = SamplingOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               top_k=cfg.top_k, batch_prompts=cfg.batch_size, share_prompt_kv=cfg.rollout_shared_kv)
+                               top_k=cfg.top_k, batch_prompts=cfg.batch_size, kv_cache=cfg.rollout_kv_cache)
         ex = self.eval_examples
         gen = torch.Generator(device=self.engine.acc.device).manual_seed(cfg.seed + 7919)
         samples = self._sample(lambda lm: generate_groups(lm, [e.prompt_ids for e in ex], 1, opts, self.eos,

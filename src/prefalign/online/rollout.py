@@ -28,6 +28,9 @@ from prefalign.decode import grouped_attention
 from prefalign.decode.generate import GenOptions, Stream, model_device, token_loop
 
 
+KV_CACHES = ("grouped", "in_place", "dynamic")
+
+
 @dataclass
 class SamplingOptions:
     """How rollouts are sampled."""
@@ -39,8 +42,10 @@ class SamplingOptions:
     ignore_eos: bool = False  # for benchmarks: EOS logits are set to −inf, so every completion has exactly
     #   max_new_tokens tokens and none contains EOS; log q is then under that EOS-free distribution (not π's)
     batch_prompts: int | None = None  # prompts decoded together (P·G rows at most G·batch_prompts); None = all
-    share_prompt_kv: bool = True  # a group's G rows read one copy of the prompt's KV cache (decode.grouped_attention;
-    #   exact); False: the cache is repeated G times, as generate(num_return_sequences=G) does
+    kv_cache: str = "grouped"  # grouped: a group's G rows read one copy of the prompt's KV cache, new keys and
+    #   values written in place (decode.grouped_attention); in_place: the prompt's KV repeated G times, written in
+    #   place (decode.kv_cache); dynamic: transformers' DynamicCache, repeated and grown by concatenation (as
+    #   generate(num_return_sequences=G)). All three decode the same ids (tested).
 
     def problems(self, greedy_ok: bool = False) -> list[str]:
         """What is out of range, as phrases (empty when all is well); ranges shared with ``GenOptions``.
@@ -48,9 +53,10 @@ class SamplingOptions:
         shared = GenOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                             top_k=self.top_k)
         out = shared.problems(greedy_ok=greedy_ok)
-        for name in ("ignore_eos", "share_prompt_kv"):
-            if not isinstance(getattr(self, name), bool):
-                out.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.ignore_eos, bool):
+            out.append(f"--ignore-eos must be true or false, got {self.ignore_eos!r}")
+        if self.kv_cache not in KV_CACHES:
+            out.append(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}")
         b = self.batch_prompts
         if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
             out.append(f"--batch-prompts must be an integer >= 1 (or unset: all prompts at once), got {b!r}")
@@ -113,21 +119,21 @@ class RolloutSamples:
 
 
 class _GroupStream(Stream):
-    """A ``Stream`` whose prefill runs once on B prompts and then continues on B·G rows. With ``share_prefix``
-    (and a model ``grouped_attention.supported`` covers) the G rows of a prompt read one copy of its KV cache
-    instead of G (``decode.grouped_attention``); otherwise the cache is repeated row-wise."""
+    """A ``Stream`` whose prefill runs once on B prompts and then continues on B·G rows. ``kv_cache`` (see
+    ``SamplingOptions``): "grouped" falls back to "in_place" for a model ``grouped_attention.supported`` does not
+    cover (sliding windows, soft-capping, other attention kernels)."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int,
-                 share_prefix: bool = True):
+                 kv_cache: str = "grouped"):
         super().__init__(model, input_ids, attention_mask)
-        self.repeats = repeats
-        self.grouped = share_prefix and grouped_attention.supported(model, self.cache)
+        self.repeats, self.kv_cache = repeats, kv_cache
+        self.grouped = kv_cache == "grouped" and grouped_attention.supported(model, self.cache)
         self.decoding = False
 
     def reserve(self, new_tokens: int) -> None:
         if self.grouped:
             grouped_attention.grouped_cache(self.cache, new_tokens)
-        else:
+        elif self.kv_cache != "dynamic":
             super().reserve(new_tokens)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -200,7 +206,7 @@ def generate_groups(model, prompt_ids: Sequence[Sequence[int]], group_size: int,
         with torch.no_grad():
             for start in range(0, len(prompts), per_batch):
                 ids, mask = _left_pad(prompts[start : start + per_batch], pad_id, device)  # [B, L]
-                stream = _GroupStream(model, ids, mask, group_size, share_prefix=opts.share_prompt_kv)
+                stream = _GroupStream(model, ids, mask, group_size, kv_cache=opts.kv_cache)
                 steps: list[torch.Tensor] = []
                 generated = token_loop([stream], rule, opts, loop_eos, pad_id, generator, step_logq=steps,
                                        all_done=all_done)  # [B·G, t]
