@@ -30,6 +30,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from prefalign.decode.kv_cache import ReservedLayer
+
 NAME = "prefalign_grouped"
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("prefalign_grouped", default=None)  # (cache, original)
 _OWN = {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
@@ -37,15 +39,13 @@ _UNUSUAL = ("sliding_window", "softcap", "s_aux", "sinks", "position_bias")  # k
 
 
 class GroupedLayer(DynamicLayer):
-    """Prefix keys and values once per prompt, continuation keys and values per row (written in place)."""
+    """Prefix keys and values once per prompt, continuation keys and values per row (a ``ReservedLayer``)."""
 
     def __init__(self, reserve: int = 0):
         super().__init__()
-        self.reserve = int(reserve)  # continuation positions to allocate at the first decode step
         self.group = 1  # G: rows per prompt after batch_repeat_interleave
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # [B, Hkv, L, D] each
-        self._k = self._v = None  # [B·G, Hkv, capacity, D] continuation buffers
-        self._len = 0  # continuation positions filled
+        self.tail = ReservedLayer(reserve)  # [B·G, Hkv, t, D] continuations, written in place
         self.last_was_prefix = False
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -53,40 +53,28 @@ class GroupedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         if self.prefix is None:  # the prefill: attended by the model's own function; kept contiguous for bmm
             self.prefix = (key_states.contiguous(), value_states.contiguous())
-            self.keys, self.values = key_states, value_states
+            self.keys, self.values = self.prefix
             self.last_was_prefix = True
             return key_states, value_states
         self.last_was_prefix = False
-        start, need = self._len, self._len + key_states.shape[-2]
-        capacity = 0 if self._k is None else self._k.shape[-2]
-        if need > capacity:
-            capacity = max(need, self.reserve, 2 * capacity)
-            k = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
-            v = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
-            if start:
-                k[..., :start, :], v[..., :start, :] = self._k[..., :start, :], self._v[..., :start, :]
-            self._k, self._v = k, v
-        self._k[..., start:need, :] = key_states
-        self._v[..., start:need, :] = value_states
-        self._len = need
-        return self._k[..., :need, :], self._v[..., :need, :]  # [B·G, Hkv, t, D]
+        return self.tail.update(key_states, value_states)
 
     def continuation(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._k[..., : self._len, :], self._v[..., : self._len, :]
+        return self.tail.keys, self.tail.values
 
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
         """[B·G, Hkv, L + t, D] keys and values as a ``DynamicLayer`` would hold them (for the fallback path)."""
         kp, vp = (x.repeat_interleave(self.group, dim=0) for x in self.prefix)
-        if not self._len:
+        if not self.tail.get_seq_length():
             return kp, vp
         kc, vc = self.continuation()
         return torch.cat([kp, kc], dim=-2), torch.cat([vp, vc], dim=-2)
 
     def get_seq_length(self) -> int:
-        return 0 if self.prefix is None else self.prefix[0].shape[-2] + self._len
+        return 0 if self.prefix is None else self.prefix[0].shape[-2] + self.tail.get_seq_length()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self._len:
+        if self.tail.get_seq_length():
             raise RuntimeError("a grouped KV cache expands only between the prefill and the first decoding step")
         self.group *= repeats
 
@@ -100,7 +88,8 @@ class GroupedLayer(DynamicLayer):
         raise NotImplementedError("a grouped KV cache is not croppable")
 
     def reset(self) -> None:
-        self.prefix, self._k, self._v, self._len, self.group = None, None, None, 0, 1
+        self.prefix, self.group = None, 1
+        self.tail.reset()
         self.keys = self.values = None
         self.is_initialized = False
 

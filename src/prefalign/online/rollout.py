@@ -3,9 +3,10 @@
     P prompts ──left-pad──▶ one prefill on P rows ──expand cache ×G──▶ token loop on P·G rows
 
 The prefill is the expensive part of a group (G·P·L prompt tokens in ``generate(num_return_sequences=G)``, which
-repeats the prompt before the forward); here the model reads P·L prompt tokens and the prompt's KV cache is then
-repeated row-wise (``Stream.expand``), so the G continuations start from the same keys and values. (The KV is
-copied G times: compute is shared, memory is not.)
+repeats the prompt before the forward); here the model reads P·L prompt tokens. With ``kv_cache="grouped"`` (the
+default) the G continuations of a prompt then read one copy of its keys and values (``decode.grouped_attention``),
+so neither the prompt's compute nor its cache is repeated; "in_place" repeats the cache row-wise (``Stream.expand``)
+and "dynamic" also grows it by concatenation, as transformers does. All three decode the same ids.
 
 The loop is ``decode.generate.token_loop``, the same one ``sample`` and the decoding-time methods use (checked
 against ``model.generate``). Every drawn token's log q under the *sampling* distribution (temperature, top-k,
