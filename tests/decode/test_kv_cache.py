@@ -111,7 +111,7 @@ def test_reserved_layer_decodes_like_dynamic_layer_also_past_its_reserve():
     reserved.reserve(2)  # room for 7 positions; 8 steps go past it (the buffer doubles)
     assert all(isinstance(layer, ReservedLayer) for layer in reserved.cache.layers)
     a, b = plain.prefill(), reserved.prefill()
-    for step in range(8):
+    for _ in range(8):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
         tok = a.argmax(-1)
         a, b = plain.step(tok), reserved.step(tok)

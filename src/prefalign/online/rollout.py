@@ -28,7 +28,6 @@ import torch
 from prefalign.decode import grouped_attention
 from prefalign.decode.generate import GenOptions, Stream, model_device, token_loop
 
-
 KV_CACHES = ("grouped", "in_place", "dynamic")
 
 
