@@ -107,15 +107,16 @@ def _build(rows: list[list[tuple[list[int], int, int]]], num_seqs: int, pad_id: 
     real = (seg_of >= 0).long()  # [R, L]
     if not mask_4d:
         return input_ids, real, pos_ids, scoring, real
-    # i may attend j iff j ≤ i and j is in i's segment or in its parent prompt segment.
+    # i may attend j iff j ≤ i and j is in i's segment or in its parent prompt segment (all rows at once: one
+    # batched comparison instead of a loop of small [L, L] ops, which stall on a busy machine).
     causal = torch.ones(length, length, dtype=torch.bool).tril()  # [L, L]
-    masks = []
-    for r in range(n):
-        s = seg_of[r]
-        par = torch.tensor(parents[r] + [-1])[s]  # parent segment per position (−1 for prompts/padding)
-        visible = (s[:, None] == s[None, :]) | (par[:, None] == s[None, :])
-        masks.append(causal & visible & (s[:, None] >= 0) & (s[None, :] >= 0))
-    mask = torch.stack(masks)[:, None]  # [R, 1, L, L]
+    table = torch.full((n, max(len(p) for p in parents) + 1), -1, dtype=torch.long)  # [R, K+1] parent per segment
+    for r, p in enumerate(parents):
+        table[r, : len(p)] = torch.tensor(p, dtype=torch.long)
+    par = table.gather(1, torch.where(seg_of >= 0, seg_of, table.shape[1] - 1))  # [R, L]; −1 for prompts/padding
+    real_pos = seg_of >= 0  # [R, L]
+    visible = (seg_of[:, :, None] == seg_of[:, None, :]) | (par[:, :, None] == seg_of[:, None, :])  # [R, L, L]
+    mask = (causal & visible & real_pos[:, :, None] & real_pos[:, None, :])[:, None]  # [R, 1, L, L]
     # A padding row attending to nothing makes softmax NaN; let padding see itself (never scored).
     mask |= torch.eye(length, dtype=torch.bool)[None, None] & (seg_of < 0)[:, None, :, None]
     return input_ids, mask, pos_ids, scoring, real
