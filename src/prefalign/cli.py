@@ -226,19 +226,24 @@ def _demo_reward_model(args) -> int:
     """``prefalign demo --reward-model``: the demo's VADER pairs train a LoRA reward model; best-of-n picked by it vs
     by VADER, both graded by VADER (``prefalign.demo.reward_model``)."""
     from prefalign.demo.reward_model import RewardDemoConfig, quick_config, run_reward_demo
-    from prefalign.pairs.io import check_out_dir
 
     other = [f for f, on in (("--sweep", args.sweep), ("--decoding", args.decoding), ("--beta", args.beta is not None))
              if on]
     if other:
         raise UserError("demo", f"--reward-model does not take {', '.join(other)} (options of the DPO demo)",
                         "drop them, or run the DPO demo without --reward-model")
-    cfg = quick_config() if args.quick else RewardDemoConfig()
+    return _run_demo(quick_config() if args.quick else RewardDemoConfig(), args, run_reward_demo)
+
+
+def _run_demo(cfg, args, run) -> int:
+    """The flags every demo shares (out, seed, threads, dtype) over its config, then the run."""
+    from prefalign.pairs.io import check_out_dir
+
     for key in ("out", "seed", "threads", "dtype"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     check_out_dir(cfg.out)
-    run_reward_demo(cfg, log=_log)
+    run(cfg, log=_log)
     return 0
 
 
@@ -246,20 +251,13 @@ def _demo_online(args) -> int:
     """``prefalign demo --online``: the reward–KL frontier of PPO, GRPO, RLOO and online DPO next to offline DPO and
     best-of-n, plus GRPO on arithmetic with an exact-match reward (``prefalign.demo.online``)."""
     from prefalign.demo.online import OnlineDemoConfig, quick_config, run_online_demo
-    from prefalign.pairs.io import check_out_dir
 
     other = [f for f, on in (("--sweep", args.sweep), ("--decoding", args.decoding), ("--beta", args.beta is not None),
                              ("--reward-model", args.reward_model)) if on]
     if other:
         raise UserError("demo", f"--online does not take {', '.join(other)} (options of the other demos)",
                         "drop them, or run that demo without --online")
-    cfg = quick_config() if args.quick else OnlineDemoConfig()
-    for key in ("out", "seed", "threads", "dtype"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    check_out_dir(cfg.out)
-    run_online_demo(cfg, log=_log)
-    return 0
+    return _run_demo(quick_config() if args.quick else OnlineDemoConfig(), args, run_online_demo)
 
 
 def _decode(args, rest: list[str]) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from prefalign.errors import UserError
 
@@ -16,12 +15,7 @@ EVAL = [f"Write one sentence about thing {i}." for i in range(4)]
 REWARD = "tests.demo.stub_reward:score"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead (conftest)
 
 
 @pytest.fixture(scope="module")

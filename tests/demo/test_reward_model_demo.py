@@ -18,12 +18,7 @@ TRAIN = [f"Write one sentence about item {i}." for i in range(16)]
 EVAL = [f"Write one sentence about thing {i}." for i in range(5)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead (conftest)
 
 
 def _cfg(out, **kw):

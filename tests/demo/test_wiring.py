@@ -16,12 +16,7 @@ TRAIN = [f"Write one sentence about item {i}." for i in range(12)]
 EVAL = [f"Write one sentence about thing {i}." for i in range(5)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: threads only add overhead (and stall on a busy machine)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead (conftest)
 
 
 @pytest.fixture(scope="module")

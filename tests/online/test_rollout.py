@@ -15,13 +15,7 @@ from prefalign.testing import tiny_model
 TEXTS = ["What is the capital of France?", "cat", "Tell me a joke about a dog."]  # 3 lengths: left padding
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared CPU waiting for a second one dominates."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead (conftest)
 
 
 @pytest.fixture(scope="module")

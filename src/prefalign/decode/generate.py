@@ -114,13 +114,16 @@ def encode_prompts(tokenizer, prompts: Sequence, opts: GenOptions, system: str |
                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask``, both [B, T], so every row continues at column T; the ids
     are ``prompt_ids``'s, straight from the renderer (no render-to-text-then-retokenize)."""
-    rows = prompt_ids(tokenizer, prompts, opts, system=system)
-    pad = pad_id(tokenizer)
+    return left_pad(prompt_ids(tokenizer, prompts, opts, system=system), pad_id(tokenizer), device)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"):
+    """[B, L] ids and attention mask, left-padded so every row continues at column L."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
         mask[i, width - len(r):] = 1
     return ids.to(device), mask.to(device)
 
@@ -342,8 +345,7 @@ def token_loop(streams: list[Stream], logits_fn: LogitsFn, opts: GenOptions, eos
     ``opts.top_k`` (when the options have one) restricts sampling to the k highest scores.
     """
     for s in streams:
-        if hasattr(s, "reserve"):
-            s.reserve(opts.max_new_tokens)
+        s.reserve(opts.max_new_tokens)
     logits = [s.prefill() for s in streams]
     batch, device = logits[0].shape[0], logits[0].device
     generated = torch.zeros((batch, 0), dtype=torch.long, device=device)

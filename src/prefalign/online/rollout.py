@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from prefalign.decode import grouped_attention
-from prefalign.decode.generate import GenOptions, Stream, model_device, token_loop
+from prefalign.decode.generate import GenOptions, Stream, left_pad, model_device, token_loop
 
 KV_CACHES = ("grouped", "in_place", "dynamic")
 
@@ -150,17 +150,6 @@ class _GroupStream(Stream):
         return logits.repeat_interleave(self.repeats, dim=0)  # [B·G, V]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] ids and attention mask, left-padded so every row continues at column L."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _suppress(ids: Sequence[int]):
     """A ``logits_fn`` setting the scores of ``ids`` to −inf (ignore_eos)."""
     def rule(state):
@@ -205,7 +194,7 @@ def generate_groups(model, prompt_ids: Sequence[Sequence[int]], group_size: int,
     try:
         with torch.no_grad():
             for start in range(0, len(prompts), per_batch):
-                ids, mask = _left_pad(prompts[start : start + per_batch], pad_id, device)  # [B, L]
+                ids, mask = left_pad(prompts[start : start + per_batch], pad_id, device)  # [B, L]
                 stream = _GroupStream(model, ids, mask, group_size, kv_cache=opts.kv_cache)
                 steps: list[torch.Tensor] = []
                 generated = token_loop([stream], rule, opts, loop_eos, pad_id, generator, step_logq=steps,
