@@ -122,6 +122,29 @@ def _timed(fn, phases: dict, key: str, device: str):
     return wrapper
 
 
+def step_clock(proto: Proto, device: str, clock: dict, before_step=lambda: None):
+    """A ``TrainerCallback`` base for the TRL workers: at the first step it reports READY and waits for the parent's
+    go (so every run starts stepping together); each step's wall time lands in ``clock["dt"]``. Subclasses send it
+    from ``on_log``."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, a, s, c, **k):
+            if "ready" not in clock:
+                clock["ready"] = True
+                proto.send("READY", {"rss_mib": rss_now_mib()})
+                proto.wait()
+            before_step()
+            _sync(device)
+            clock["t"] = time.perf_counter()
+
+        def on_step_end(self, a, s, c, **k):
+            _sync(device)
+            clock["dt"] = time.perf_counter() - clock["t"]
+
+    return StepClock
+
+
 def read_prompts(path: str) -> list[str]:
     return [json.loads(x)["prompt"] for x in Path(path).read_text().splitlines()]
 
@@ -191,7 +214,7 @@ def run_prefalign(args, proto: Proto, ckpt: bool, layout: str) -> None:
 def run_trl(args, proto: Proto, ckpt: bool) -> None:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     dev = args.device
@@ -201,20 +224,7 @@ def run_trl(args, proto: Proto, ckpt: bool) -> None:
     phases: dict[str, float] = defaultdict(float)
     clock: dict = {}
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, a, s, c, **k):
-            if "ready" not in clock:
-                clock["ready"] = True
-                proto.send("READY", {"rss_mib": rss_now_mib()})
-                proto.wait()
-            phases.clear()
-            _sync(dev)
-            clock["t"] = time.perf_counter()
-
-        def on_step_end(self, a, s, c, **k):
-            _sync(dev)
-            clock["dt"] = time.perf_counter() - clock["t"]
-
+    class Clock(step_clock(proto, dev, clock, phases.clear)):
         def on_log(self, a, s, c, logs=None, **k):
             if logs and "loss" in logs and "dt" in clock:
                 proto.send("STEP", {"step_s": clock.pop("dt"), "gen": phases["gen"], "reward": phases["reward"],

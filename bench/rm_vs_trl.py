@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import QUICK as TINY_MODEL  # noqa: E402
 from dpo_vs_trl import WORKLOADS as DPO_WORKLOADS  # noqa: E402
 from dpo_vs_trl import gemm_peak, make_assets, peak_memory  # noqa: E402
-from grpo_vs_trl import Proto, Worker, WorkerFailed, _sync, rss_now_mib  # noqa: E402
+from grpo_vs_trl import Proto, Worker, WorkerFailed, _sync, rss_now_mib, step_clock  # noqa: E402
 
 MODEL_KEYS = ("hidden", "layers", "heads", "inter", "vocab")
 MODEL = {k: DPO_WORKLOADS["W1"][k] for k in MODEL_KEYS}  # the W1 model of bench/dpo_vs_trl.py
@@ -144,7 +144,7 @@ def run_prefalign(args, proto: Proto, layout: str, ckpt: bool) -> None:
 def run_trl(args, proto: Proto, ckpt: bool) -> None:
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     dev = args.device
@@ -154,19 +154,7 @@ def run_trl(args, proto: Proto, ckpt: bool) -> None:
     clock: dict = {}
     cap: dict = {}
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, a, s, c, **k):
-            if "ready" not in clock:
-                clock["ready"] = True
-                proto.send("READY", {"rss_mib": rss_now_mib()})
-                proto.wait()
-            _sync(dev)
-            clock["t"] = time.perf_counter()
-
-        def on_step_end(self, a, s, c, **k):
-            _sync(dev)
-            clock["dt"] = time.perf_counter() - clock["t"]
-
+    class Clock(step_clock(proto, dev, clock)):
         def on_log(self, a, s, c, logs=None, **k):
             if logs and "loss" in logs and "dt" in clock:
                 ids, mask = cap.pop("batch")
