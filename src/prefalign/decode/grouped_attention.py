@@ -94,7 +94,7 @@ class GroupedLayer(DynamicLayer):
         self.is_initialized = False
 
 
-def _attention_configs(model) -> list:
+def attention_configs(model) -> list:
     """The distinct config objects the attention modules read ``_attn_implementation`` from."""
     seen: dict[int, object] = {}
     for m in model.modules():
@@ -106,7 +106,7 @@ def _attention_configs(model) -> list:
 def supported(model, cache) -> bool:
     """Whether grouped decoding is exact for ``model`` with this (empty) ``DynamicCache``."""
     layers = getattr(cache, "layers", None)
-    configs = _attention_configs(model)
+    configs = attention_configs(model)
     if not layers or not configs or any(type(layer) is not DynamicLayer for layer in layers):
         return False
     for c in configs:
@@ -124,9 +124,9 @@ def grouped_cache(cache, reserve: int):
 
 
 @contextlib.contextmanager
-def active(model, cache):
-    """Within: the model's attention modules call ``grouped_attention`` with this cache."""
-    configs = _attention_configs(model)
+def active(configs: list, cache):
+    """Within: the attention modules reading ``configs`` (``attention_configs(model)``, found once per stream, not
+    per step) call ``grouped_attention`` with this cache."""
     originals = [c._attn_implementation_internal for c in configs]
     token = _ACTIVE.set((cache, originals[0]))
     for c in configs:

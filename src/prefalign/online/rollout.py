@@ -128,6 +128,7 @@ class _GroupStream(Stream):
         super().__init__(model, input_ids, attention_mask)
         self.repeats, self.kv_cache = repeats, kv_cache
         self.grouped = kv_cache == "grouped" and grouped_attention.supported(model, self.cache)
+        self.attn_configs = grouped_attention.attention_configs(model) if self.grouped else []
         self.decoding = False
 
     def reserve(self, new_tokens: int) -> None:
@@ -139,7 +140,7 @@ class _GroupStream(Stream):
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if not (self.grouped and self.decoding):
             return super()._forward(ids, positions)
-        with grouped_attention.active(self.model, self.cache):
+        with grouped_attention.active(self.attn_configs, self.cache):
             return super()._forward(ids, positions)
 
     @torch.no_grad()
